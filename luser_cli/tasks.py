@@ -1,0 +1,118 @@
+"""The four tasks: what the images are, which operator and noise make the measurements.
+
+A task fixes the channel count (3 for RGB deblurring, 1 for CT, 2 = real/imag for MRI), the
+physics (operator + noise, configured by a typed :mod:`pydantic` model), the initial estimate
+(``y`` for deblurring, ``A^T y`` for CT and MRI) and the classical baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from luser_cli.errors import ConfigError
+
+TaskName = Literal["deblur", "ct", "mri4x", "mri8x"]
+TASK_NAMES: tuple[str, ...] = ("deblur", "ct", "mri4x", "mri8x")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeblurPhysics(_Strict):
+    """Gaussian blur (same kernel on every channel, circular boundary) plus white noise."""
+
+    kernel_size: int = Field(9, ge=1, le=63, description="odd kernel side, pixels")
+    variance: float = Field(5.0, gt=0, description="Gaussian variance, pixels^2")
+    noise_std: float = Field(0.01, ge=0, description="AWGN std, image units ([0, 1] range)")
+
+
+class CTPhysics(_Strict):
+    """Parallel-beam Radon with LoDoPaB-CT geometry and post-log Poisson noise."""
+
+    angles_total: int = Field(1000, ge=1, description="full LoDoPaB angle count over [0, pi)")
+    angle_step: int = Field(5, ge=1, description="use every n-th angle (5 -> 200 of 1000)")
+    photons: float = Field(4096.0, ge=0, description="N0 incident photons per bin; 0 = no noise")
+    mu_max: float = Field(81.35858, gt=0, description="attenuation of x = 1, in 1/m")
+
+
+class MRIPhysics(_Strict):
+    """Centred orthonormal 2D FFT with a fastMRI-style random column mask."""
+
+    acceleration: int = Field(4, ge=1, le=64)
+    center_fraction: float = Field(0.08, gt=0, le=1)
+    noise_std: float = Field(0.0, ge=0, description="complex AWGN std per sampled k-space entry")
+
+
+Physics = DeblurPhysics | CTPhysics | MRIPhysics
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    channels: int
+    image_size: int  # the paper's image side (CelebA 128, LoDoPaB 362, fastMRI 320)
+    initial_estimate: Literal["measurement", "adjoint"]
+    classical_methods: tuple[str, ...]
+    physics_defaults: Physics
+
+    def physics_model(self) -> type[BaseModel]:
+        return type(self.physics_defaults)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "deblur": TaskSpec(
+        name="deblur",
+        description="RGB deblurring: 9x9 Gaussian blur (variance 5) + AWGN 0.01",
+        channels=3,
+        image_size=128,
+        initial_estimate="measurement",
+        classical_methods=("input", "adjoint", "tv"),
+        physics_defaults=DeblurPhysics(),
+    ),
+    "ct": TaskSpec(
+        name="ct",
+        description="low-dose parallel-beam CT: 200 of 1000 LoDoPaB angles, Poisson N0=4096",
+        channels=1,
+        image_size=362,
+        initial_estimate="adjoint",
+        classical_methods=("adjoint", "fbp", "tv"),
+        physics_defaults=CTPhysics(),
+    ),
+    "mri4x": TaskSpec(
+        name="mri4x",
+        description="single-coil MRI, 4x random column undersampling (centre 0.08)",
+        channels=2,
+        image_size=320,
+        initial_estimate="adjoint",
+        classical_methods=("zero-filled", "adjoint", "tv"),
+        physics_defaults=MRIPhysics(acceleration=4, center_fraction=0.08),
+    ),
+    "mri8x": TaskSpec(
+        name="mri8x",
+        description="single-coil MRI, 8x random column undersampling (centre 0.04)",
+        channels=2,
+        image_size=320,
+        initial_estimate="adjoint",
+        classical_methods=("zero-filled", "adjoint", "tv"),
+        physics_defaults=MRIPhysics(acceleration=8, center_fraction=0.04),
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by name, with a one-line error listing the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}"
+        ) from None
+
+
+def is_mri(task: str) -> bool:
+    return task.startswith("mri")
