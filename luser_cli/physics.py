@@ -13,11 +13,8 @@ from torch import Tensor
 
 from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
-from luser_cli.operators.blur import GaussianBlur, gaussian_kernel
 from luser_cli.operators.masks import random_column_mask
-from luser_cli.operators.mri import MaskedFourier
 from luser_cli.operators.noise import GaussianNoise, NoiseModel, PostLogPoisson
-from luser_cli.operators.radon import CTGeometry, ParallelBeamRadon
 from luser_cli.tasks import CTPhysics, DeblurPhysics, MRIPhysics, Physics, TaskSpec, get_task
 
 
@@ -38,7 +35,9 @@ def resolve_physics(task: str | TaskSpec, physics: Physics | dict | None = None)
             err = e.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
             raise ConfigError(f"physics.{field}: {err['msg']}") from None
-    raise ConfigError(f"physics settings of type {type(physics).__name__} do not fit task {spec.name}")
+    raise ConfigError(
+        f"physics settings of type {type(physics).__name__} do not fit task {spec.name}"
+    )
 
 
 def mri_masks(physics: MRIPhysics, width: int, seeds: Sequence[int]) -> Tensor:
@@ -70,15 +69,22 @@ def build_operator(
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(h, w) < 4:
         raise ConfigError(f"image size {h}x{w} is too small (at least 4x4)")
+    # Operator modules are imported on demand: each task needs only its own.
     if isinstance(phys, DeblurPhysics):
+        from luser_cli.operators.blur import GaussianBlur, gaussian_kernel
+
         kernel = gaussian_kernel(phys.kernel_size, phys.variance)
         return GaussianBlur((spec.channels, h, w), kernel)
     if isinstance(phys, CTPhysics):
         if h != w:
             raise ConfigError(f"CT needs square images, got {h}x{w}")
+        from luser_cli.operators.radon import CTGeometry, ParallelBeamRadon
+
         geometry = CTGeometry.lodopab(h, angles_total=phys.angles_total, angle_step=phys.angle_step)
         return ParallelBeamRadon(geometry)
     if isinstance(phys, MRIPhysics):
+        from luser_cli.operators.mri import MaskedFourier
+
         kh, kw = kspace_size if kspace_size is not None else (h, w)
         if masks is None:
             masks = mri_masks(phys, kw, [0])
@@ -125,3 +131,21 @@ def output_image(task: str | TaskSpec, x: Tensor) -> Tensor:
     if spec.channels == 2:
         return torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return x
+
+
+def simulate_seeded(
+    op: LinearOperator, noise: NoiseModel, x: Tensor, seeds: Sequence[int]
+) -> Tensor:
+    """Like :func:`simulate`, with the noise of item ``i`` drawn from its own ``seeds[i]``.
+
+    Per-item seeds make a measurement independent of how items are batched or sharded across
+    processes, which is what exact resume and distributed training rely on.
+    """
+    clean = op.A(x)
+    noisy = torch.cat(
+        [
+            noise(clean[i : i + 1], torch.Generator().manual_seed(int(s)))
+            for i, s in enumerate(seeds)
+        ]
+    )
+    return op.restrict(noisy) if hasattr(op, "restrict") else noisy

@@ -44,13 +44,19 @@ class LinearOperator(nn.Module):
 
     # -- public API ---------------------------------------------------------------------------
     def A(self, x: Tensor) -> Tensor:
-        """Apply the forward operator. ``x``: ``(B, *image_shape)`` -> ``(B, *measurement_shape)``."""
+        """Forward operator: ``x`` ``(B, *image_shape)`` -> ``(B, *measurement_shape)``."""
         self.calls_A += 1
+        if torch.is_autocast_enabled(x.device.type):  # physics always runs in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._A(x.float())
         return self._A(x)
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         """Apply the exact adjoint. ``y``: ``(B, *measurement_shape)`` -> ``(B, *image_shape)``."""
         self.calls_A_adjoint += 1
+        if torch.is_autocast_enabled(y.device.type):
+            with torch.autocast(y.device.type, enabled=False):
+                return self._A_adjoint(y.float())
         return self._A_adjoint(y)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,72 @@
+"""Typed settings of the fixed-point solvers and of the equilibrium (DEQ) layer.
+
+One :class:`SolverConfig` drives any solver (``solver(f, z0, cfg) -> (z, stats)``); an
+:class:`EquilibriumConfig` holds one for the forward solve (``z = f(z)``) and one for the
+backward solve (``g = J^T g + grad``), in the style of torchdeq's ``f_*`` / ``b_*`` settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SolverName = Literal["anderson", "picard"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SolverConfig(_Strict):
+    """Settings of one fixed-point solve.
+
+    ``max_iter`` counts evaluations of ``f``; the solve stops earlier once every sample's
+    relative residual ``||f(z) - z|| / (||f(z)|| + eps)`` is at most ``tol`` (tested every
+    ``check_every`` evaluations, the only host synchronisation), unless ``fixed_iterations``.
+    """
+
+    method: SolverName = "anderson"
+    max_iter: int = Field(30, ge=1, description="maximum evaluations of f (bounds the solve)")
+    tol: float = Field(1e-3, ge=0, description="relative residual at which a sample has converged")
+    history: int = Field(5, ge=1, le=64, description="Anderson memory m (past iterates mixed)")
+    regularization: float = Field(
+        1e-4,
+        ge=0,
+        description="Tikhonov lambda on the Anderson Gram system, relative to its mean diagonal",
+    )
+    damping: float = Field(1.0, gt=0, le=1, description="Anderson / Picard mixing beta (1 = none)")
+    fixed_iterations: bool = Field(
+        False,
+        description=(
+            "run exactly max_iter evaluations with no data-dependent stopping and no host sync "
+            "(for fake-tensor memory simulation and CUDA graphs)"
+        ),
+    )
+    check_every: int = Field(1, ge=1, description="evaluations between two stopping tests")
+    eps: float = Field(1e-5, gt=0, description="added to ||f(z)|| in the relative residual")
+
+
+class EquilibriumConfig(_Strict):
+    """Forward and backward solver settings of :func:`luser_cli.solvers.equilibrium`.
+
+    ``backward_mode="implicit"`` solves ``g = J^T g + grad`` (exact implicit gradient up to
+    ``backward.tol``); ``"jfb"`` is Jacobian-free backprop (Fung et al. 2022), ``g = grad``: an
+    approximation of the gradient that skips the backward solve.
+    """
+
+    forward: SolverConfig = SolverConfig()
+    backward: SolverConfig = SolverConfig()
+    backward_mode: Literal["implicit", "jfb"] = "implicit"
+
+    def with_fixed_iterations(self, fixed: bool = True) -> EquilibriumConfig:
+        """A copy whose forward and backward solves run exactly ``max_iter`` evaluations.
+
+        This is what a fake-tensor memory simulation needs (no data-dependent control flow).
+        """
+        return self.model_copy(
+            update={
+                "forward": self.forward.model_copy(update={"fixed_iterations": fixed}),
+                "backward": self.backward.model_copy(update={"fixed_iterations": fixed}),
+            }
+        )

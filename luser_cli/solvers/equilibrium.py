@@ -1,0 +1,183 @@
+"""The implicit (deep-equilibrium) layer: ``z* = step(z*, inject(*inputs))``, differentiable.
+
+Forward: under ``no_grad``, ``u = inject(*inputs)`` once, then ``z*`` by the forward solver.
+Only ``z*`` and ``inputs`` are saved, so the memory of a solve does not grow with its
+iterations and no activation of the forward is kept.
+
+Backward (``loss.backward()``): recompute ``u`` and ONE tracked application
+``fz = step(z*, u)``, solve ``g = J^T g + grad_z`` (``J = d step / d z`` at ``z*``) with the
+backward solver, each iteration one vector-Jacobian product through ``fz``, and return
+``(d fz / d (inputs, params))^T g``: the implicit-function-theorem gradient. In ``"jfb"`` mode
+``g = grad_z`` (Jacobian-free backprop: an approximation, no backward solve).
+
+Implemented as a ``torch.autograd.Function`` (a hook on the output that calls ``autograd.grad``
+through that same output would re-enter itself forever).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from luser_cli.solvers.anderson import anderson
+from luser_cli.solvers.config import EquilibriumConfig, SolverConfig
+from luser_cli.solvers.picard import picard
+from luser_cli.solvers.stats import SolverStats
+
+Solver = Callable[[Callable[[Tensor], Tensor], Tensor, SolverConfig], tuple[Tensor, SolverStats]]
+
+SOLVERS: dict[str, Solver] = {"anderson": anderson, "picard": picard}
+
+
+def solve(
+    f: Callable[[Tensor], Tensor], z0: Tensor, cfg: SolverConfig
+) -> tuple[Tensor, SolverStats]:
+    """Solve ``z = f(z)`` with the solver named by ``cfg.method``. ``z0``: ``(B, ...)``."""
+    return SOLVERS[cfg.method](f, z0, cfg)
+
+
+def equilibrium(
+    step: Callable[[Tensor, Tensor], Tensor],
+    inject: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    params: Sequence[Tensor],
+    z0: Tensor,
+    cfg: EquilibriumConfig,
+    record: list | None = None,
+) -> Tensor:
+    """The fixed point ``z* = step(z*, inject(*inputs))``, differentiable by implicit gradients.
+
+    Args:
+        step: ``z_next = step(z, u)``, ``z`` ``(B, ...)`` like ``z0``; must treat samples
+            independently for the per-sample stopping to be meaningful.
+        inject: ``u = inject(*inputs)``, computed once per solve (and once more in backward).
+        inputs: the tensors ``inject`` depends on (may require grad; need not be leaves).
+        params: every tensor requiring grad that ``step``/``inject`` use other than ``inputs``:
+            leaf parameters (for a parametrised module, e.g. spectral norm, the
+            ``parametrizations.<name>.original`` leaves; ``module.parameters()`` gives them).
+            A used leaf missing here raises in backward (its gradient would be lost).
+        z0: ``(B, ...)`` initial iterate (not differentiated: ``z*`` does not depend on it).
+        cfg: forward / backward solver settings and ``backward_mode``.
+        record: if a list, one dict is appended per call: ``forward_<field>`` tensors ``(B,)``
+            from :class:`SolverStats` (``iterations``, ``residual``, ``converged``, ``diverged``,
+            ``nonfinite``), and after ``loss.backward()`` (implicit mode only) the same fields
+            with the ``backward_`` prefix.
+
+    Returns:
+        ``z*`` ``(B, ...)``. With grad enabled and some input/param requiring grad it carries
+        an implicit-gradient ``grad_fn``; otherwise (inference) it is a plain tensor.
+
+    The backward recomputes ``inject`` and ``step`` from the saved inputs and the current
+    values of ``params``: the caller must keep them unchanged between forward and backward (a
+    parametrisation must give the same weights, e.g. spectral norm's power iteration must not
+    move in between). With ``cfg.forward/backward.fixed_iterations`` the whole layer runs on
+    fake tensors (``FakeTensorMode``).
+    """
+    inputs = tuple(inputs)
+    params = tuple(params)
+    entry: dict[str, Tensor] | None = None
+    if record is not None:
+        entry = {}
+        record.append(entry)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs + params)
+    if not needs_grad:
+        with torch.no_grad():
+            u = inject(*inputs)
+            z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
+        if entry is not None:
+            entry.update(stats.as_dict("forward_"))
+        return z
+    return _Equilibrium.apply(step, inject, cfg, entry, len(inputs), z0, *inputs, *params)
+
+
+class _Equilibrium(torch.autograd.Function):
+    """``z* = step(z*, inject(*inputs))`` with an implicit (or JFB) backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        step: Callable[[Tensor, Tensor], Tensor],
+        inject: Callable[..., Tensor],
+        cfg: EquilibriumConfig,
+        entry: dict[str, Tensor] | None,
+        n_inputs: int,
+        z0: Tensor,
+        *tensors: Tensor,
+    ) -> Tensor:
+        inputs = tensors[:n_inputs]
+        with torch.no_grad():
+            u = inject(*inputs)
+            z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
+        if entry is not None:
+            entry.update(stats.as_dict("forward_"))
+        ctx.step, ctx.inject, ctx.cfg, ctx.entry, ctx.n_inputs = step, inject, cfg, entry, n_inputs
+        ctx.params = tensors[n_inputs:]  # references to leaves: no memory, not saved tensors
+        ctx.save_for_backward(z, *inputs)
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
+        z, *inputs = ctx.saved_tensors
+        n_inputs: int = ctx.n_inputs
+        cfg: EquilibriumConfig = ctx.cfg
+        params: tuple[Tensor, ...] = ctx.params
+        needs = ctx.needs_input_grad[6:]  # after step, inject, cfg, entry, n_inputs, z0
+        input_needs, param_needs = needs[:n_inputs], needs[n_inputs:]
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_()
+            inputs_ = [
+                x.detach().requires_grad_(n) for x, n in zip(inputs, input_needs, strict=True)
+            ]
+            fz = ctx.step(z_, ctx.inject(*inputs_))
+        targets = [x for x, n in zip(inputs_, input_needs, strict=True) if n]
+        targets += [p for p, n in zip(params, param_needs, strict=True) if n]
+        if not fz.requires_grad:  # step/inject ignore everything that requires grad
+            return (None,) * (6 + len(needs))
+        _check_declared(fz, [z_, *inputs_, *params])
+
+        if cfg.backward_mode == "jfb":
+            g = grad_z
+        else:
+
+            def adjoint_step(g: Tensor) -> Tensor:
+                (vjp,) = torch.autograd.grad(fz, z_, g, retain_graph=True, allow_unused=True)
+                return grad_z if vjp is None else vjp + grad_z
+
+            g, stats = solve(adjoint_step, grad_z, cfg.backward)
+            if ctx.entry is not None:
+                ctx.entry.update(stats.as_dict("backward_"))
+
+        grads = iter(torch.autograd.grad(fz, targets, g, allow_unused=True))
+        return (None,) * 6 + tuple(next(grads) if n else None for n in needs)
+
+
+def _check_declared(fz: Tensor, declared: Sequence[Tensor], limit: int = 100_000) -> None:
+    """Raise if the graph of ``fz`` reaches a leaf requiring grad that is not ``declared``."""
+    if fz.grad_fn is None:
+        return
+    allowed = {id(t) for t in declared}
+    seen: dict[int, object] = {}  # id -> node (kept alive so ids are not reused)
+    stack = [fz.grad_fn]
+    missing: list[Tensor] = []
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if id(variable) not in allowed:
+                missing.append(variable)
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    if missing:
+        shapes = ", ".join(str(tuple(t.shape)) for t in missing[:5])
+        raise RuntimeError(
+            f"equilibrium(): step/inject use {len(missing)} tensor(s) requiring grad that are "
+            f"not in `params` or `inputs` (shapes {shapes}); their gradients would be lost"
+        )
