@@ -1,14 +1,70 @@
-"""``luser info``."""
+"""``luser info``: parameters, architecture and solver settings of a model."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.errors import NotBuiltError
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def info(ctx: typer.Context) -> None:
-    """Parameter count, architecture and solver settings of a model. [not built yet]"""
-    raise NotBuiltError("`luser info` is not built yet: it needs the models")
+@app.command()
+def info(
+    task: str = typer.Option(..., "--task", "-t", help="deblur, ct, mri4x or mri8x."),
+    model: str = typer.Option(..., "--model", "-m", help="lu-dncnn, deq4ip, luser-sw, luser-dw."),
+    preset: Path | None = typer.Option(
+        None, "--preset", help="Preset TOML for the solver settings."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Parameter count, architecture and solver settings of a model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from luser_cli.models.describe import describe_model
+    from luser_cli.models.registry import build_model, check_model_name
+    from luser_cli.tasks import get_task
+    from luser_cli.training.config import load_preset, preset_for_task
+
+    get_task(task)
+    check_model_name(model)
+    cfg = load_preset(preset) if preset is not None else preset_for_task(task)
+    net = build_model(model, task, step_scale=1.0, stages=cfg.model.stages, equilibrium=cfg.solver)
+    data = describe_model(net, task, cfg.solver.model_dump())
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"{model} for {task}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in (
+        "description",
+        "parameters",
+        "stages",
+        "shared_weights",
+        "prox_networks",
+        "prox_parameters_each",
+    ):
+        if key in data:
+            value = (
+                f"{data[key]:,}"
+                if isinstance(data[key], int) and not isinstance(data[key], bool)
+                else str(data[key])
+            )
+            table.add_row(key, value)
+    for part, layers in data["architecture"].items():
+        table.add_row(part, "\n".join(layers))
+    apps = data["operator_applications"]
+    table.add_row("A / A^T per reconstruction", f"{apps['A']} / {apps['A_adjoint']}")
+    if data["solver"]:
+        s = data["solver"]
+        f, b = s["forward"], s["backward"]
+        table.add_row(
+            "fixed-point solver",
+            f"forward {f['method']} tol {f['tol']:g} max {f['max_iter']} m={f['history']}\n"
+            f"backward {s['backward_mode']}: {b['method']} tol {b['tol']:g} max {b['max_iter']}",
+        )
+    console.print(table)

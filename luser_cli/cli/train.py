@@ -1,14 +1,127 @@
-"""``luser train``."""
+"""``luser train``: parse flags into preset overrides and run the trainer."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.errors import NotBuiltError
+from luser_cli.cli.options import set_threads
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train a model (lu-dncnn, deq4ip, luser-sw, luser-dw) for a task. [not built yet]"""
-    raise NotBuiltError("`luser train` is not built yet: models and the training loop come next")
+@app.command()
+def train(
+    task: str = typer.Option(..., "--task", "-t", help="deblur, ct, mri4x or mri8x."),
+    model: str = typer.Option(
+        "luser-dw", "--model", "-m", help="lu-dncnn, deq4ip, luser-sw, luser-dw."
+    ),
+    preset: Path | None = typer.Option(
+        None, "--preset", help="Your own preset TOML (default: the task's)."
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Data folder (CelebA, LoDoPaB, fastMRI, images/NIfTI); built-in data if omitted.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default: runs/<task>-<model>-<time>)."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (overrides --epochs)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs over the training split."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Image side in pixels."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    aux_loss: bool | None = typer.Option(
+        None,
+        "--aux-loss/--final-loss",
+        help="Loss on every stage output, or on the final output only.",
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of data order, noise and initialisation."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
+    save_every: int | None = typer.Option(
+        None, "--save-every", help="Steps between checkpoints (0: each epoch)."
+    ),
+    val_every: int | None = typer.Option(
+        None, "--val-every", help="Steps between validations (0: each epoch)."
+    ),
+    train_size: int | None = typer.Option(
+        None, "--train-size", help="Built-in training items per epoch."
+    ),
+    val_size: int | None = typer.Option(None, "--val-size", help="Validation items."),
+    fp_tol: float | None = typer.Option(
+        None, "--fp-tol", help="Forward fixed-point tolerance (relative residual)."
+    ),
+    fp_max_iter: int | None = typer.Option(
+        None, "--fp-max-iter", help="Forward fixed-point iteration cap."
+    ),
+    bwd_tol: float | None = typer.Option(None, "--bwd-tol", help="Backward fixed-point tolerance."),
+    bwd_max_iter: int | None = typer.Option(
+        None, "--bwd-max-iter", help="Backward fixed-point iteration cap."
+    ),
+    backward: str | None = typer.Option(
+        None, "--backward", help="implicit (exact) or jfb (Jacobian-free, approximate)."
+    ),
+    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast on CUDA."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train a model (lu-dncnn, deq4ip, luser-sw, luser-dw) for a task."""
+    from luser_cli.models.registry import check_model_name
+    from luser_cli.runs import default_run_dir
+    from luser_cli.tasks import get_task
+    from luser_cli.training.config import apply_overrides, load_preset, preset_for_task
+    from luser_cli.training.distributed import DistContext
+    from luser_cli.training.loop import Trainer
+
+    get_task(task)
+    check_model_name(model)
+    set_threads(threads)
+    base = load_preset(preset) if preset is not None else preset_for_task(task)
+    if base.task != task:
+        from luser_cli.errors import ConfigError
+
+        raise ConfigError(f"preset {preset} is for task {base.task!r}, not {task!r}")
+    overrides = {
+        "image_size": image_size,
+        "train.steps": steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.aux_loss": aux_loss,
+        "train.seed": seed,
+        "train.save_every": save_every,
+        "train.val_every": val_every,
+        "train.bf16": bf16,
+        "data.path": data,
+        "data.train_size": train_size,
+        "data.val_size": val_size,
+        "solver.forward.tol": fp_tol,
+        "solver.forward.max_iter": fp_max_iter,
+        "solver.backward.tol": bwd_tol,
+        "solver.backward.max_iter": bwd_max_iter,
+        "solver.backward_mode": backward,
+    }
+    # --epochs alone must clear a step count set in the preset.
+    unset = ["train.steps"] if epochs is not None and steps is None else []
+    cfg = apply_overrides(base, overrides, unset=unset)
+    dist = DistContext.from_env(device)
+    run_dir = out if out is not None else default_run_dir(task, model)
+    try:
+        summary = Trainer(
+            cfg, model, run_dir, device=device, resume=resume, dist=dist, progress=progress
+        ).run()
+    finally:
+        dist.close()
+    if dist.is_main:
+        typer.echo(
+            f"trained {model} on {task} for {summary['steps']} steps "
+            f"({summary['seconds']:.0f} s); "
+            f"best validation PSNR {summary['best_val_psnr']:.2f} dB; "
+            f"run folder: {summary['out']}"
+        )

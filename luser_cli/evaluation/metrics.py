@@ -1,0 +1,71 @@
+"""PSNR and SSIM with each field's convention (computed by scikit-image, not by hand).
+
+- RGB deblurring (CelebA): images in [0, 1], ``data_range = 1``; SSIM over the colour channels.
+- CT (LoDoPaB-CT): per image, ``data_range = gt.max() - gt.min()``.
+- MRI (fastMRI): magnitude images; ``data_range = max of the target volume``; SSIM per slice with
+  a 7x7 window. An image that is not part of a volume is its own volume.
+
+All functions take NumPy float arrays ``(C, H, W)`` for one image (magnitudes ``(1, H, W)`` for
+MRI) and return floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from luser_cli.tasks import get_task
+
+
+def data_range(task: str, target: np.ndarray, volume_max: float | None = None) -> float:
+    """The ``data_range`` the field uses for one target image."""
+    spec = get_task(task)
+    if spec.channels == 3:
+        return 1.0
+    if spec.channels == 2:
+        return float(volume_max if volume_max is not None else target.max())
+    return float(target.max() - target.min())
+
+
+def psnr(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | None = None) -> float:
+    """PSNR in dB of one image under the task's convention (``inf`` for an exact match)."""
+    rng = data_range(task, target, volume_max)
+    if rng <= 0:
+        return math.nan
+    t = target.astype(np.float64)
+    p = pred.astype(np.float64)
+    if np.array_equal(t, p):
+        return math.inf
+    return float(peak_signal_noise_ratio(t, p, data_range=rng))
+
+
+def ssim(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | None = None) -> float:
+    """SSIM of one image under the task's convention (7x7 window, Gaussian off, as fastMRI)."""
+    rng = data_range(task, target, volume_max)
+    if rng <= 0:
+        return math.nan
+    t = target.astype(np.float64)
+    p = pred.astype(np.float64)
+    win = min(7, *t.shape[-2:])
+    win -= 1 - win % 2  # odd
+    if t.shape[0] == 1:
+        return float(structural_similarity(t[0], p[0], data_range=rng, win_size=win))
+    return float(structural_similarity(t, p, data_range=rng, win_size=win, channel_axis=0))
+
+
+def mri_volume_max(dataset: object) -> float | None:
+    """fastMRI items are divided by their volume's max, so that volume max is 1; other items are
+    their own volume (``None``: the image max)."""
+    from luser_cli.data.datasets import FastMRIDataset
+
+    return 1.0 if isinstance(dataset, FastMRIDataset) else None
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean and standard deviation of finite values (``n`` counts them)."""
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if a.size == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}

@@ -1,0 +1,74 @@
+"""A plain-data description of a model: parameter counts, layers, solver settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from luser_cli.models.registry import DESCRIPTIONS, count_parameters
+from luser_cli.models.unrolled import LoopUnrolled, ReconstructionModel
+
+
+def _layers(module: nn.Module) -> list[str]:
+    """One line per leaf layer, e.g. ``Conv2d(1->32, 3x3, SN)``."""
+    from torch.nn.utils import parametrize
+
+    out = []
+    for m in module.modules():
+        if list(m.children()) and not parametrize.is_parametrized(m):
+            continue
+        if isinstance(m, nn.Conv2d):
+            sn = ", SN" if parametrize.is_parametrized(m) else ""
+            bias = "" if m.bias is not None else ", no bias"
+            k = "x".join(map(str, m.kernel_size))
+            out.append(f"Conv2d({m.in_channels}->{m.out_channels}, {k}{bias}{sn})")
+        elif isinstance(m, nn.GroupNorm):
+            out.append(f"GroupNorm({m.num_groups} groups, {m.num_channels})")
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(f"BatchNorm2d({m.num_features})")
+        elif isinstance(m, nn.LeakyReLU):
+            out.append(f"LeakyReLU({m.negative_slope})")
+        elif isinstance(m, nn.ReLU):
+            out.append("ReLU")
+    return out
+
+
+def describe_model(model: ReconstructionModel, task: str, solver: dict | None) -> dict[str, Any]:
+    """JSON-ready description used by ``luser info``."""
+    info: dict[str, Any] = {
+        "task": task,
+        "model": model.name,
+        "description": DESCRIPTIONS[model.name],
+        "parameters": count_parameters(model),
+        "step_size_parameters": 1,
+    }
+    if isinstance(model, LoopUnrolled):
+        info["stages"] = model.stages
+        info["shared_weights"] = model.shared_weights()
+        info["prox_networks"] = len(model.prox)
+        info["prox_parameters_each"] = count_parameters(model.prox[0])
+        block = model.prox[0]
+        if hasattr(block, "inject"):
+            info["architecture"] = {
+                "inject (once per stage)": _layers(block.inject),
+                "data (every iteration)": _layers(block.data),
+                "mix (every iteration)": _layers(block.mix),
+            }
+        else:
+            info["architecture"] = {"prox (DnCNN)": _layers(block)}
+        info["operator_applications"] = {
+            "A": model.stages,
+            "A_adjoint": model.stages,
+            "note": "per reconstruction; +1 A_adjoint for the initial estimate of CT and MRI",
+        }
+    else:
+        info["stages"] = "until the fixed point"
+        info["shared_weights"] = True
+        info["architecture"] = {"prox (SN DnCNN inside the fixed-point map)": _layers(model.prox)}
+        info["operator_applications"] = {
+            "A": "1 per forward iteration (+1 per backward iteration in training)",
+            "A_adjoint": "1 per forward iteration (+1 per backward iteration in training)",
+        }
+    info["solver"] = solver if model.is_equilibrium() else None
+    return info

@@ -1,0 +1,101 @@
+"""Loop-unrolled proximal-gradient networks: LU-DnCNN, LUSER-SW and LUSER-DW.
+
+K stages from the initial estimate ``x0``::
+
+    d_k     = x_k + lam * A^T (y - A x_k)      # gradient step; lam = step * step_scale
+    x_{k+1} = d_k + prox_k(d_k)                # learned residual update
+
+``step`` is the one learnable scalar (initialised to 1); ``step_scale`` is the fixed buffer
+``1 / ||A||^2`` so the learnable value is dimensionless whatever the operator's units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from luser_cli.models.spectral_norm import power_iteration_
+from luser_cli.operators.base import LinearOperator
+from luser_cli.solvers.config import EquilibriumConfig
+
+
+class ReconstructionModel(nn.Module):
+    """Common interface: ``model(y, op, x0) -> x`` with per-stage solver records."""
+
+    #: Registry name ("lu-dncnn", "deq4ip", "luser-sw", "luser-dw").
+    name: str = ""
+
+    def __init__(self, step_scale: float) -> None:
+        super().__init__()
+        self.step = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("step_scale", torch.tensor(float(step_scale)))
+        #: Per-stage solver statistics of the last forward (and, once run, its backward).
+        self.records: list[dict] = []
+
+    def step_size(self) -> Tensor:
+        return self.step * self.step_scale
+
+    def gradient_step(self, x: Tensor, y: Tensor, op: LinearOperator) -> Tensor:
+        """``d = x + lam * A^T (y - A x)``."""
+        return x + self.step_size() * op.A_adjoint(y - op.A(x))
+
+    def is_equilibrium(self) -> bool:
+        return False
+
+
+class LoopUnrolled(ReconstructionModel):
+    """K unrolled stages with a DnCNN or shallow-equilibrium proximal network.
+
+    ``prox`` holds one module (shared weights) or ``stages`` modules (different weights).
+    With ``equilibrium`` set, each prox is a :class:`ShallowEquilibriumBlock` solved to a fixed
+    point with those solver settings; otherwise a feed-forward network trained by backprop.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        prox: list[nn.Module],
+        stages: int,
+        step_scale: float,
+        equilibrium: EquilibriumConfig | None = None,
+    ) -> None:
+        super().__init__(step_scale)
+        if len(prox) not in (1, stages):
+            raise ValueError(f"need 1 or {stages} proximal networks, got {len(prox)}")
+        self.name = name
+        self.stages = stages
+        self.prox = nn.ModuleList(prox)
+        self.equilibrium = equilibrium
+
+    def is_equilibrium(self) -> bool:
+        return self.equilibrium is not None
+
+    def shared_weights(self) -> bool:
+        return len(self.prox) == 1
+
+    def forward(
+        self, y: Tensor, op: LinearOperator, x0: Tensor, return_intermediates: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``y``: measurements ``(B, *op.measurement_shape())``; ``x0``: ``(B, C, H, W)``.
+
+        Returns ``x_K`` (``(B, C, H, W)``), and the list ``[x_1, ..., x_K]`` when asked.
+        """
+        if self.training and self.equilibrium is not None:
+            power_iteration_(self.prox)
+        self.records = []
+        x = x0
+        outputs = []
+        for k in range(self.stages):
+            prox = self.prox[0 if self.shared_weights() else k]
+            d = self.gradient_step(x, y, op)
+            if self.equilibrium is not None:
+                stage_record: list[dict] = []
+                r = prox(d, self.equilibrium, stage_record)
+                for rec in stage_record:
+                    rec["stage"] = k
+                self.records.extend(stage_record)
+            else:
+                r = prox(d)
+            x = d + r
+            outputs.append(x)
+        return (x, outputs) if return_intermediates else x

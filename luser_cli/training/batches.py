@@ -1,0 +1,85 @@
+"""Turn a batch of ground-truth images into ``(x, y, op, x0)``, reproducibly.
+
+Measurements are simulated on the fly with the task's operator and noise. The noise of each item
+is seeded by ``(run seed, epoch, item index)``, and MRI masks by the item's own ``mask_seed``, so
+a batch is the same whatever the batching, sharding or resume point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from luser_cli.operators.base import LinearOperator
+from luser_cli.operators.noise import NoiseModel
+from luser_cli.physics import (
+    build_noise,
+    build_operator,
+    initial_estimate,
+    mri_masks,
+    simulate_seeded,
+)
+from luser_cli.tasks import MRIPhysics, Physics, get_task
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for the noise of one item in one epoch (``epoch=-1`` for eval splits)."""
+    return (seed * 1_000_003 + (epoch + 1) * 7_919 * 1_000_033 + index * 104_729) % (2**63 - 1)
+
+
+@dataclass
+class Batch:
+    x: Tensor  # (B, C, H, W) ground truth
+    y: Tensor  # (B, *measurement_shape)
+    x0: Tensor  # (B, C, H, W) initial estimate
+    op: LinearOperator
+
+
+class BatchMaker:
+    """Builds operators once (per mask for MRI) and simulates batches on ``device``."""
+
+    def __init__(self, task: str, image_size: int, physics: Physics, device: torch.device) -> None:
+        self.task = get_task(task)
+        self.image_size = image_size
+        self.physics = physics
+        self.device = device
+        self.noise: NoiseModel = build_noise(self.task, physics)
+        self._fixed_op: LinearOperator | None = None
+        if not isinstance(physics, MRIPhysics):
+            self._fixed_op = build_operator(self.task, image_size, physics).to(device)
+
+    def operator(self, mask_seeds: list[int] | None = None) -> LinearOperator:
+        """The operator for a batch (per-item masks for MRI)."""
+        if self._fixed_op is not None:
+            return self._fixed_op
+        seeds = mask_seeds if mask_seeds is not None else [0]
+        masks = mri_masks(self.physics, self.image_size, seeds)  # type: ignore[arg-type]
+        return build_operator(self.task, self.image_size, self.physics, masks=masks).to(self.device)
+
+    def norm_sq(self) -> float:
+        return self.operator().norm_sq()
+
+    def make(self, x: Tensor, meta: dict, epoch: int, seed: int) -> Batch:
+        """``x``: ``(B, C, H, W)`` (any device); ``meta["index"]``: ``(B,)`` item indices."""
+        x = x.to(self.device, non_blocking=True)
+        index = [int(i) for i in meta["index"]]
+        mask_seeds = [int(s) for s in meta["mask_seed"]] if "mask_seed" in meta else index
+        op = self.operator(mask_seeds)
+        with torch.no_grad():
+            y = simulate_seeded(op, self.noise, x, [item_seed(seed, epoch, i) for i in index])
+            x0 = initial_estimate(self.task, op, y)
+        return Batch(x=x, y=y, x0=x0, op=op)
+
+
+def reconstruction_loss(
+    x: Tensor, output: Tensor | tuple[Tensor, list[Tensor]], aux_loss: bool
+) -> Tensor:
+    """MSE of the final output, or the mean MSE over every stage output ``x_1..x_K`` (aux)."""
+    if isinstance(output, tuple):
+        final, stages = output
+        if aux_loss:
+            return torch.stack([torch.mean((s - x) ** 2) for s in stages]).mean()
+        return torch.mean((final - x) ** 2)
+    return torch.mean((output - x) ** 2)

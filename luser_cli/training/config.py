@@ -1,0 +1,173 @@
+"""Typed presets: everything a training run needs, validated by pydantic.
+
+A preset is a TOML file (``presets/<task>.toml``) with the sections below. Unknown keys and
+bad values are rejected with the offending field named (``ConfigError``). Command-line flags
+override fields after loading (:func:`apply_overrides`), and the resolved preset is stored in
+every checkpoint so a run can be resumed, evaluated and reproduced from it alone.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from luser_cli.errors import ConfigError
+from luser_cli.physics import resolve_physics
+from luser_cli.solvers.config import EquilibriumConfig
+from luser_cli.tasks import TASK_NAMES, get_task
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    stages: int = Field(8, ge=1, le=64, description="K, unrolled stages")
+
+
+class TrainSettings(_Section):
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["none", "cosine"] = "cosine"
+    epochs: int = Field(50, ge=1)
+    steps: int | None = Field(None, ge=1, description="if set, overrides epochs")
+    batch_size: int = Field(4, ge=1, le=4096)
+    aux_loss: bool = Field(False, description="MSE on every intermediate x_k as well")
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch")
+    val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
+    bf16: bool = Field(False, description="bfloat16 autocast (CUDA only)")
+    max_rollbacks: int = Field(3, ge=0, description="NaN/divergence recoveries before stopping")
+
+
+class DataSettings(_Section):
+    path: str | None = Field(None, description="data set folder; built-in data when omitted")
+    train_size: int = Field(4096, ge=1, description="built-in training items per epoch")
+    val_size: int = Field(16, ge=1)
+    test_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class Preset(_Section):
+    task: Literal["deblur", "ct", "mri4x", "mri8x"]
+    image_size: int = Field(ge=8, le=4096)
+    physics: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSettings = ModelSettings()
+    solver: EquilibriumConfig = EquilibriumConfig()
+    train: TrainSettings = TrainSettings()
+    data: DataSettings = DataSettings()
+
+    @field_validator("physics")
+    @classmethod
+    def _physics_fits_task(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked against the task's own physics model; stored as a plain, complete dict.
+        task = info.data.get("task")
+        return value if task is None else resolve_physics(task, value).model_dump()
+
+    def physics_model(self):  # -> the task's typed physics settings
+        return resolve_physics(self.task, self.physics)
+
+
+def _format_error(e: ValidationError, source: str) -> ConfigError:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return ConfigError(f"{source}: {loc}: {msg}")
+
+
+def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as e:
+        raise _format_error(e, source) from None
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def builtin_presets() -> dict[str, Path]:
+    """Task name -> path of the shipped preset."""
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.toml")) if p.stem in TASK_NAMES}
+
+
+def load_preset(path: str | Path) -> Preset:
+    """Load and validate a TOML preset file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"preset file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return preset_from_dict(data, str(p))
+
+
+def preset_for_task(task: str) -> Preset:
+    """The shipped preset of ``task``."""
+    get_task(task)
+    presets = builtin_presets()
+    if task not in presets:
+        raise ConfigError(f"no built-in preset for task {task!r} in {PRESET_DIR}")
+    return load_preset(presets[task])
+
+
+def apply_overrides(
+    preset: Preset, overrides: dict[str, Any], unset: list[str] | tuple[str, ...] = ()
+) -> Preset:
+    """Return a copy with dotted-key overrides applied (``{"train.lr": 1e-3}``), re-validated.
+
+    ``None`` values are skipped so unset CLI flags leave the preset alone; keys in ``unset`` are
+    set to None explicitly.
+    """
+    data = preset.model_dump()
+    for key, value in [*overrides.items(), *((k, None) for k in unset)]:
+        if value is None and key not in unset:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return preset_from_dict(data, "option")
+
+
+def preset_to_toml(preset: Preset) -> str:
+    """Serialise a preset back to TOML (for the run folder)."""
+    lines: list[str] = []
+    data = preset.model_dump()
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    def table(name: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if scalars or not name:
+            if name:
+                lines.append(f"\n[{name}]")
+            for k, v in scalars.items():
+                if v is not None:
+                    lines.append(f"{k} = {value(v)}")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{name}.{k}" if name else k, v)
+
+    table("", data)
+    return "\n".join(lines).lstrip() + "\n"

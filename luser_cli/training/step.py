@@ -1,0 +1,67 @@
+"""The pieces of one training step, shared by ``luser train`` and ``luser memprobe``.
+
+``memprobe`` measures memory by running exactly these functions (same model construction, same
+forward/loss/backward, same optimiser), so what it reports is what training uses.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from luser_cli.models.registry import build_model
+from luser_cli.models.unrolled import ReconstructionModel
+from luser_cli.solvers.config import EquilibriumConfig
+from luser_cli.training.batches import Batch, reconstruction_loss
+from luser_cli.training.config import Preset, TrainSettings
+
+
+def build_training_model(
+    preset: Preset,
+    model_name: str,
+    step_scale: float,
+    equilibrium: EquilibriumConfig | None = None,
+) -> ReconstructionModel:
+    """The model ``luser train`` trains for ``preset`` (``step_scale = 1 / ||A||^2``)."""
+    return build_model(
+        model_name,
+        preset.task,
+        step_scale=step_scale,
+        stages=preset.model.stages,
+        equilibrium=equilibrium if equilibrium is not None else preset.solver,
+    )
+
+
+def build_optimizer(model: nn.Module, t: TrainSettings) -> torch.optim.Optimizer:
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def autocast_for(t: TrainSettings, device: torch.device) -> AbstractContextManager:
+    if t.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def forward_backward(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    t: TrainSettings,
+    device: torch.device,
+) -> tuple[Tensor | tuple[Tensor, list[Tensor]], Tensor]:
+    """Zero the gradients, run the model and the loss, backpropagate. Returns (output, loss)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_for(t, device):
+        output = net(batch.y, batch.op, batch.x0, return_intermediates=t.aux_loss)
+        loss = reconstruction_loss(batch.x, output, t.aux_loss)
+    loss.backward()
+    return output, loss
+
+
+def clip_gradients(model: nn.Module, t: TrainSettings) -> Tensor:
+    """Clip to ``t.grad_clip`` (if set); returns the total gradient norm before clipping."""
+    limit = t.grad_clip if t.grad_clip else float("inf")
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), limit)

@@ -1,0 +1,162 @@
+"""Models: exact parameter counts, weight sharing, gradients, solver records, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from luser_cli.models.dncnn import DnCNN
+from luser_cli.models.registry import MODEL_NAMES, build_model, count_parameters
+from luser_cli.models.shallow_block import ShallowEquilibriumBlock
+from luser_cli.models.spectral_norm import power_iteration_
+from luser_cli.models.unrolled import LoopUnrolled
+from luser_cli.physics import build_noise, build_operator, initial_estimate, simulate
+from luser_cli.solvers.config import EquilibriumConfig, SolverConfig
+from luser_cli.solvers.equilibrium import equilibrium
+
+# DESIGN.md section 1: trainable parameters incl. the one step size.
+EXPECTED = {
+    "ct": {"lu-dncnn": 556_033, "deq4ip": 556_033, "luser-sw": 93_954, "luser-dw": 751_625},
+    "mri4x": {"lu-dncnn": 557_185, "deq4ip": 557_185, "luser-sw": 95_107, "luser-dw": 760_849},
+    "mri8x": {"lu-dncnn": 557_185, "deq4ip": 557_185, "luser-sw": 95_107, "luser-dw": 760_849},
+    "deblur": {"lu-dncnn": 558_337, "deq4ip": 558_337, "luser-sw": 96_260, "luser-dw": 770_073},
+}
+
+
+@pytest.mark.parametrize("task", list(EXPECTED))
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_counts_match_design(task: str, name: str) -> None:
+    assert count_parameters(build_model(name, task, step_scale=1.0)) == EXPECTED[task][name]
+
+
+def test_sw_shares_one_block_dw_has_eight() -> None:
+    sw = build_model("luser-sw", "ct", step_scale=1.0)
+    dw = build_model("luser-dw", "ct", step_scale=1.0)
+    assert isinstance(sw, LoopUnrolled) and isinstance(dw, LoopUnrolled)
+    assert len(sw.prox) == 1 and sw.shared_weights()
+    assert len(dw.prox) == 8 and not dw.shared_weights()
+    # Eight independent initialisations, not eight references to one block.
+    w = [b.mix[0].parametrizations.weight.original for b in dw.prox]
+    assert len({id(t) for t in w}) == 8
+    assert not torch.equal(w[0], w[1])
+
+
+def test_spectral_norm_normalises_and_only_moves_on_request() -> None:
+    torch.manual_seed(0)
+    block = ShallowEquilibriumBlock(1)
+    conv = block.mix[0]
+    power_iteration_(block, 50)
+    w = conv.weight.detach().flatten(1)
+    assert torch.linalg.matrix_norm(w, ord=2) == pytest.approx(1.0, rel=1e-3)
+    u = conv.parametrizations.weight[0].u.clone()
+    for _ in range(3):  # reading the weight does not advance the power iteration
+        _ = conv.weight
+    assert torch.equal(u, conv.parametrizations.weight[0].u)
+
+
+def _problem(task: str, size: int = 16, batch: int = 2, dtype=torch.float32):
+    torch.manual_seed(0)
+    from luser_cli.data.phantoms import random_ellipses
+
+    op = build_operator(task, size).to(dtype)
+    c = op.image_shape[0]
+    x = torch.stack([torch.from_numpy(random_ellipses(size, s)) for s in range(batch)])[:, None]
+    x = x.repeat(1, c, 1, 1).to(dtype)
+    if task.startswith("mri"):
+        x[:, 1] = 0
+    y = simulate(op, build_noise(task), x, torch.Generator().manual_seed(0))
+    return op, x, y, initial_estimate(task, op, y)
+
+
+def test_tiny_lu_dncnn_gradcheck_end_to_end() -> None:
+    """float64 gradcheck through a whole (tiny) unrolled network: input and step size."""
+    from torch.func import functional_call
+
+    op, _, y, x0 = _problem("deblur", size=6, batch=1, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = LoopUnrolled("lu-dncnn", [DnCNN(3, features=4, depth=3)], 2, 1.0 / op.norm_sq())
+    model = model.double().eval()
+    x_init = x0.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda xi: model(y, op, xi), (x_init,), eps=1e-6, atol=1e-5)
+    step = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s: functional_call(model, {"step": s}, (y, op, x0)), (step,), eps=1e-6, atol=1e-5
+    )
+
+
+def test_implicit_gradient_of_shallow_block_matches_unrolled_backprop() -> None:
+    torch.manual_seed(0)
+    block = ShallowEquilibriumBlock(1).double()
+    d = (torch.rand(2, 1, 12, 12, dtype=torch.float64) * 0.5).requires_grad_()
+    tight = SolverConfig(max_iter=200, tol=1e-12)
+    cfg = EquilibriumConfig(forward=tight, backward=tight)
+    params = list(block.parameters())
+    target = torch.rand_like(d)
+
+    r = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), cfg)
+    loss = ((d + r - target) ** 2).sum()
+    implicit = torch.autograd.grad(loss, [d, *params])
+
+    u = block.injection(d)
+    z = torch.zeros_like(d)
+    for _ in range(150):  # contractive at initialisation: plain iteration converges
+        z = block.step(z, u)
+    loss_unrolled = ((d + z - target) ** 2).sum()
+    unrolled = torch.autograd.grad(loss_unrolled, [d, *params])
+
+    a = torch.cat([g.flatten() for g in implicit])
+    b = torch.cat([g.flatten() for g in unrolled])
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
+    assert cos >= 0.999
+    assert (a - b).norm() / b.norm() <= 1e-3
+
+    jfb_cfg = EquilibriumConfig(forward=tight, backward=tight, backward_mode="jfb")
+    r_jfb = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), jfb_cfg)
+    jfb = torch.autograd.grad(((d + r_jfb - target) ** 2).sum(), [d, *params])
+    c = torch.cat([g.flatten() for g in jfb])
+    assert (c - b).norm() / b.norm() > 1e-3  # JFB is an approximation, and measurably so
+
+
+@pytest.mark.parametrize("name", ["luser-sw", "luser-dw", "deq4ip"])
+def test_records_report_iterations_residuals_and_backward(name: str) -> None:
+    op, x, y, x0 = _problem("mri4x")
+    cfg = EquilibriumConfig(forward=SolverConfig(max_iter=15), backward=SolverConfig(max_iter=15))
+    model = build_model(name, "mri4x", step_scale=1.0, equilibrium=cfg)
+    model.train()
+    op.reset_counters()
+    out = model(y, op, x0)
+    stages = 1 if name == "deq4ip" else 8
+    assert len(model.records) == stages
+    for rec in model.records:
+        assert rec["forward_iterations"].shape == (2,)
+        assert bool((rec["forward_iterations"] >= 1).all())
+        assert bool((rec["forward_iterations"] <= 15).all())
+        assert rec["forward_residual"].shape == (2,)
+    if name == "deq4ip":  # one A and A^T per iteration (+ the BatchNorm statistics update)
+        iters = int(model.records[0]["forward_iterations"].max())
+        assert op.calls_A >= iters
+    else:
+        assert op.calls_A == 8 and op.calls_A_adjoint == 8
+    ((out - x) ** 2).mean().backward()
+    for rec in model.records:
+        assert rec["backward_iterations"].shape == (2,)
+        assert "backward_residual" in rec
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name: str) -> None:
+    op, x, y, x0 = _problem("mri4x", size=16, batch=2)
+    cfg = EquilibriumConfig(forward=SolverConfig(max_iter=12), backward=SolverConfig(max_iter=12))
+    torch.manual_seed(0)
+    model = build_model(name, "mri4x", step_scale=1.0 / op.norm_sq(), equilibrium=cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = ((model(y, op, x0) - x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
