@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.spectral_norm import power_iteration_
-from luser_cli.models.unrolled import ReconstructionModel
+from luser_cli.models.unrolled import ReconstructionModel, conv_layout
 from luser_cli.operators.base import LinearOperator
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.solvers.equilibrium import equilibrium
@@ -64,7 +64,7 @@ class DEQ4IP(ReconstructionModel):
             return op.A_adjoint(y_)
 
         def step(x: Tensor, aty: Tensor) -> Tensor:
-            d = x + (self.step * scale) * (aty - op.AtA(x))
+            d = conv_layout(x + (self.step * scale) * (aty - op.AtA(x)))
             return d + self.prox(d)
 
         params = [p for p in self.parameters() if p.requires_grad]
