@@ -1,12 +1,12 @@
 """Imports every command module so that each registers itself on the Typer app."""
 
 from luser_cli.cli import (  # noqa: F401
-    simulate,
-    reconstruct,
-    train,
-    evaluate,
-    memprobe,
     bench,
+    evaluate,
     info,
+    memprobe,
     presets,
+    reconstruct,
+    simulate,
+    train,
 )

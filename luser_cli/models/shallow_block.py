@@ -74,7 +74,8 @@ class ShallowEquilibriumBlock(nn.Module):
 
     def step(self, r: Tensor, u: Tensor) -> Tensor:
         """One fixed-point map application ``r -> Mix(Data(r) (+) u)``."""
-        return self.mix(torch.cat([self.data(r), u], dim=1))
+        # Under autocast the convolutions run in bf16; the fixed-point state stays in r's dtype.
+        return self.mix(torch.cat([self.data(r), u], dim=1)).to(r.dtype)
 
     def forward(self, d: Tensor, cfg: EquilibriumConfig, record: list | None = None) -> Tensor:
         """Solve for the residual ``r*`` of stage input ``d`` (``(B, C, H, W)``)."""

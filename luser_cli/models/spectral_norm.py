@@ -44,8 +44,10 @@ class SpectralNorm(nn.Module):
         self.v.copy_(v)
 
     def forward(self, weight: Tensor) -> Tensor:
-        sigma = torch.dot(self.u, weight.flatten(1) @ self.v)
-        return weight / sigma
+        # sigma in float32 whatever the autocast state (bf16 matmul + fp32 dot would not mix).
+        with torch.autocast(weight.device.type, enabled=False):
+            sigma = torch.dot(self.u, torch.mv(weight.flatten(1).float(), self.v))
+        return weight / sigma.to(weight.dtype)
 
 
 def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:

