@@ -13,14 +13,9 @@ Inputs (detected from the HDF5 content, not the file name):
 Methods are callables ``(task, op, y) -> x`` (``y``: ``(B, *op.measurement_shape())``, ``x``:
 ``(B, C, H, W)`` in the task's units) looked up by name in :data:`METHODS`, a registry of
 factories ``(task, options) -> method``; ``options`` holds the CLI's method options
-(``tv_weight``, ``iterations``, later e.g. ``checkpoint``) and the resolved ``device``. The
-classical ones are registered here; a learned model is added with :func:`register_method`::
-
-    def model_factory(task: str, options: dict) -> Method:
-        model = load_model(options["checkpoint"], task, options["device"])  # raise ConfigError
-        return lambda task, op, y: model(op, y)                              # if it does not fit
-
-    register_method("model", model_factory)
+(``tv_weight``, ``iterations``, ``checkpoint``), the resolved ``device`` and the input's
+``image_size``. ``model`` is a trained run (refused with one line if it was trained for another
+task, image size or channel count); the others are the classical methods.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from luser_cli.errors import ConfigError, InputError
+from luser_cli.errors import CheckpointError, ConfigError, InputError
 from luser_cli.io.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 from luser_cli.io.validate import hdf5_errors, open_hdf5
 from luser_cli.operators.base import LinearOperator
@@ -86,6 +81,39 @@ def _classical_factory(name: str) -> MethodFactory:
 
 for _name in ("input", "adjoint", "fbp", "zero-filled", "tv"):
     register_method(_name, _classical_factory(_name))
+
+
+def _model_factory(task: str, options: dict[str, Any]) -> Method:
+    """A trained run (``options["checkpoint"]``, else the newest run for ``task``)."""
+    from luser_cli.physics import initial_estimate
+    from luser_cli.runs import load_trained, newest_run
+    from luser_cli.training.checkpoint import check_compatible
+
+    path = options.get("checkpoint") or newest_run(task)
+    trained = load_trained(path, options.get("device", "cpu"))
+    size = options.get("image_size")
+    if size is not None and size[0] != size[1]:
+        raise CheckpointError(f"models reconstruct square images, not {size[0]}x{size[1]}")
+    check_compatible(
+        trained.checkpoint,
+        task=task,
+        image_size=None if size is None else size[0],
+        channels=get_task(task).channels,
+        source=str(trained.path),
+    )
+
+    # Models are trained on images scaled to [0, 1] (fastMRI: divided by the volume max); a
+    # file in raw units is scaled the same way and the result scaled back (A is linear).
+    scale = float(options.get("intensity_scale") or 1.0)
+
+    def method(task: str, op: LinearOperator, y: Tensor) -> Tensor:
+        y_n = y / scale
+        return trained.model(y_n, op, initial_estimate(task, op, y_n)) * scale
+
+    return method
+
+
+register_method("model", _model_factory)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -223,6 +251,7 @@ def _fastmri_source(p: Path, task: str | None) -> Source:
         return op, op.restrict(y)
 
     attrs = {"source": p.name, **{k: fm.attrs[k] for k in ("acquisition",) if k in fm.attrs}}
+    attrs["intensity_scale"] = fm.intensity_max()
     return Source("fastmri", p, task, fm.n_slices, fm.crop_size, None, batch, fm.close, attrs)
 
 
@@ -309,7 +338,9 @@ def reconstruct_file(
     src = open_source(input_path, task)
     try:
         # factories may use the device (a learned model is loaded onto it)
-        fn = get_method(method, src.task, {**(options or {}), "device": dev})
+        opts = {**(options or {}), "device": dev, "image_size": src.image_size}
+        opts["intensity_scale"] = src.attrs.get("intensity_scale")
+        fn = get_method(method, src.task, opts)
         chunks: list[np.ndarray] = []
         with _progress(progress and src.n > 1, f"{method} on {src.path.name}", src.n) as advance:
             for start, stop, op, y in src.batches(batch_size):

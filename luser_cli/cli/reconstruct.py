@@ -19,7 +19,16 @@ def reconstruct(
         ..., "--output", "-o", help="Output: .png, .nii.gz, .nii, .h5 (reconstruction) or .npy."
     ),
     method: str = typer.Option(
-        ..., "--method", "-m", help="adjoint, fbp (ct), zero-filled (mri), tv, input (deblur)."
+        "model",
+        "--method",
+        "-m",
+        help="model (a trained run), adjoint, fbp (ct), zero-filled (mri), tv, input (deblur).",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Run folder or checkpoint for --method model (default: newest run for the task).",
     ),
     task: str | None = typer.Option(
         None,
@@ -37,7 +46,7 @@ def reconstruct(
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Slices reconstructed at once."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
-    """Reconstruct every slice of a measurement file with a classical method."""
+    """Reconstruct every slice of a measurement file with a trained model or a classical method."""
     from luser_cli.reconstruct import reconstruct_file
 
     result = reconstruct_file(
@@ -45,7 +54,7 @@ def reconstruct(
         output,
         method,
         task=task,
-        options={"tv_weight": tv_weight, "iterations": iterations},
+        options={"tv_weight": tv_weight, "iterations": iterations, "checkpoint": checkpoint},
         device=device,
         batch_size=batch_size,
         progress=progress,

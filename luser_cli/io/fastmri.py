@@ -99,6 +99,21 @@ class FastMRIFile:
         for s in range(0, self.n_slices, batch):
             self.kspace_slices(s, min(s + batch, self.n_slices))
 
+    def intensity_max(self, batch: int = 8) -> float:
+        """The volume's image-domain maximum: attribute ``max`` (the max of
+        ``reconstruction_esc``) when present, else the max of the images of the stored k-space
+        (zero-filled for undersampled files). Learned models see volumes divided by it, as
+        they were trained."""
+        if "max" in self.attrs and float(self.attrs["max"]) > 0:
+            return float(self.attrs["max"])
+        peak = 0.0
+        for s in range(0, self.n_slices, batch):
+            img = kspace_to_image(
+                self.kspace_slices(s, min(s + batch, self.n_slices)), self.crop_size
+            )
+            peak = max(peak, float(np.abs(img).max()))
+        return peak if peak > 0 else 1.0
+
     def close(self) -> None:
         self.h5.close()
 
