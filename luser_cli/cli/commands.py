@@ -6,6 +6,7 @@ from luser_cli.cli import (  # noqa: F401
     info,
     memprobe,
     presets,
+    quickstart,
     reconstruct,
     simulate,
     train,

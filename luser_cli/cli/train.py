@@ -42,7 +42,10 @@ def train(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint."
+        False,
+        "--resume",
+        help="Continue the run in --out from its last good checkpoint, with its settings "
+        "(flags given again override them).",
     ),
     save_every: int | None = typer.Option(
         None, "--save-every", help="Steps between checkpoints (0: each epoch)."
@@ -71,51 +74,96 @@ def train(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
-    """Train a model (lu-dncnn, deq4ip, luser-sw, luser-dw) for a task."""
+    """Train a model (lu-dncnn, deq4ip, luser-sw, luser-dw) for a task.
+
+    Several processes: torchrun --nproc-per-node N -m luser_cli train ... (global --batch-size).
+    SIGINT/SIGTERM save a checkpoint at the next step and exit with code 75; --resume continues.
+    """
+    from luser_cli.errors import ConfigError, LuserError
     from luser_cli.models.registry import check_model_name
     from luser_cli.runs import default_run_dir
     from luser_cli.tasks import get_task
-    from luser_cli.training.config import apply_overrides, load_preset, preset_for_task
+    from luser_cli.training.checkpoint import stored_preset
+    from luser_cli.training.config import (
+        apply_overrides,
+        load_preset,
+        preset_for_task,
+        preset_from_dict,
+    )
     from luser_cli.training.distributed import DistContext
-    from luser_cli.training.loop import Trainer
+    from luser_cli.training.loop import Trainer, TrainingInterrupted
 
     get_task(task)
     check_model_name(model)
     set_threads(threads)
-    base = load_preset(preset) if preset is not None else preset_for_task(task)
-    if base.task != task:
-        from luser_cli.errors import ConfigError
-
-        raise ConfigError(f"preset {preset} is for task {base.task!r}, not {task!r}")
-    overrides = {
-        "image_size": image_size,
-        "train.steps": steps,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.aux_loss": aux_loss,
-        "train.seed": seed,
-        "train.save_every": save_every,
-        "train.val_every": val_every,
-        "train.bf16": bf16,
-        "data.path": data,
-        "data.train_size": train_size,
-        "data.val_size": val_size,
-        "solver.forward.tol": fp_tol,
-        "solver.forward.max_iter": fp_max_iter,
-        "solver.backward.tol": bwd_tol,
-        "solver.backward.max_iter": bwd_max_iter,
-        "solver.backward_mode": backward,
-    }
-    # --epochs alone must clear a step count set in the preset.
-    unset = ["train.steps"] if epochs is not None and steps is None else []
-    cfg = apply_overrides(base, overrides, unset=unset)
     dist = DistContext.from_env(device)
-    run_dir = out if out is not None else default_run_dir(task, model)
     try:
+        # Rank 0 picks the run folder and the base preset (a resumed run continues with the
+        # settings stored in its checkpoint, so only the flags given again change anything).
+        base_data: dict | None = None
+        run_dir, problem = Path("."), None
+        if dist.is_main:
+            run_dir = out if out is not None else default_run_dir(task, model)
+            try:
+                if preset is not None:
+                    base_data = load_preset(preset).model_dump(mode="json")
+                elif resume and out is not None:
+                    stored = stored_preset(out)
+                    if stored is not None and stored.get("task") == task:
+                        base_data = stored
+            except LuserError as e:
+                problem = str(e)
+        shared = dist.broadcast_from_main((str(run_dir), base_data, problem))
+        run_dir, base_data, problem = Path(shared[0]), shared[1], shared[2]
+        if problem is not None:
+            raise ConfigError(problem)
+        if base_data is None:
+            base = preset_for_task(task)
+        else:
+            base = preset_from_dict(base_data, str(preset or f"{run_dir} checkpoint preset"))
+        if base.task != task:
+            raise ConfigError(f"preset {preset} is for task {base.task!r}, not {task!r}")
+        overrides = {
+            "image_size": image_size,
+            "train.steps": steps,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.aux_loss": aux_loss,
+            "train.seed": seed,
+            "train.save_every": save_every,
+            "train.val_every": val_every,
+            "train.bf16": bf16,
+            "data.path": data,
+            "data.train_size": train_size,
+            "data.val_size": val_size,
+            "solver.forward.tol": fp_tol,
+            "solver.forward.max_iter": fp_max_iter,
+            "solver.backward.tol": bwd_tol,
+            "solver.backward.max_iter": bwd_max_iter,
+            "solver.backward_mode": backward,
+        }
+        # --epochs alone must clear a step count set in the preset.
+        unset = ["train.steps"] if epochs is not None and steps is None else []
+        cfg = apply_overrides(base, overrides, unset=unset)
         summary = Trainer(
-            cfg, model, run_dir, device=device, resume=resume, dist=dist, progress=progress
+            cfg,
+            model,
+            run_dir,
+            device=device,
+            resume=resume,
+            dist=dist,
+            progress=progress,
+            log=lambda line: typer.echo(line, err=True),
         ).run()
+    except TrainingInterrupted as e:  # a clean stop, not an error: one line, exit code 75
+        if dist.is_main:
+            typer.echo(str(e), err=True)
+        raise typer.Exit(e.exit_code) from None
+    except LuserError as e:
+        if not dist.is_main:  # rank 0 reports it; the others only exit with its code
+            raise typer.Exit(e.exit_code) from None
+        raise
     finally:
         dist.close()
     if dist.is_main:

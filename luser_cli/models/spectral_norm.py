@@ -46,8 +46,8 @@ class SpectralNorm(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         # sigma in float32 whatever the autocast state (bf16 matmul + fp32 dot would not mix).
         with torch.autocast(weight.device.type, enabled=False):
-            sigma = torch.dot(self.u, torch.mv(weight.flatten(1).float(), self.v))
-        return weight / sigma.to(weight.dtype)
+            sigma = torch.dot(self.u, torch.mv(weight.flatten(1), self.v))
+        return weight / sigma
 
 
 def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from luser_cli.data.sources import open_dataset
-from luser_cli.errors import ConfigError, LuserError
+from luser_cli.errors import CheckpointError, ConfigError, LuserError
 from luser_cli.evaluation.metrics import mri_volume_max
 from luser_cli.evaluation.metrics import psnr as field_psnr
 from luser_cli.evaluation.metrics import ssim as field_ssim
+from luser_cli.io.atomic import atomic_write
 from luser_cli.models.registry import count_parameters
 from luser_cli.models.unrolled import ReconstructionModel
 from luser_cli.physics import output_image
+from luser_cli.tasks import get_task
 from luser_cli.training import checkpoint as ckpt
 from luser_cli.training.batches import Batch, BatchMaker
 from luser_cli.training.config import Preset, preset_to_toml
@@ -49,15 +52,57 @@ from luser_cli.training.step import (
 )
 
 EXPLODED_RESIDUAL = 1e3  # a forward residual above this marks the fixed point as exploded
+PLOT_EVERY_S = 60.0  # least seconds between redraws of training_curve.png during a run
 VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT_EPOCH)
 
 
+FAULT_ENV = "LUSER_FAULT_INJECT"  # test hook, see FaultPlan
+FAULT_KINDS = ("nan", "inf-grad", "explode", "nan-weights", "kill-save")
+
+
 class TrainingFailed(LuserError):
+    """Training diverged and the bounded rollbacks did not help (exit code 4)."""
+
     exit_code = 4
 
 
 class TrainingInterrupted(LuserError):
-    exit_code = 130
+    """SIGINT/SIGTERM: a checkpoint was saved; ``--resume`` continues (exit code 75,
+    ``EX_TEMPFAIL``: "try again later")."""
+
+    exit_code = 75
+
+
+class FaultPlan:
+    """Faults to inject, for tests: ``LUSER_FAULT_INJECT="nan@3,nan@3,kill-save@5"``.
+
+    Each ``KIND@STEP`` entry fires once, when global step ``STEP`` (1-based, as in
+    ``metrics.jsonl``) is computed or saved; repeat an entry to make it fire again after a
+    rollback. Kinds: ``nan`` (the loss), ``inf-grad`` (a gradient), ``explode`` (the forward
+    fixed-point residual), ``nan-weights`` (the weights after the optimiser step), ``kill-save``
+    (SIGKILL the process while it saves the checkpoint of that step, after the temporary file is
+    written and before it is renamed into place).
+    """
+
+    def __init__(self, spec: str | None) -> None:
+        self.pending: list[tuple[str, int]] = []
+        for entry in (spec or "").replace(" ", "").split(","):
+            if not entry:
+                continue
+            kind, _, at = entry.partition("@")
+            if kind not in FAULT_KINDS or not at.isdigit():
+                raise ConfigError(
+                    f"{FAULT_ENV}: bad entry {entry!r}; expected KIND@STEP with KIND one of "
+                    f"{', '.join(FAULT_KINDS)}"
+                )
+            self.pending.append((kind, int(at)))
+
+    def take(self, kind: str, step: int) -> bool:
+        """True (once per matching entry) if ``kind`` is planned at ``step``."""
+        if (kind, step) in self.pending:
+            self.pending.remove((kind, step))
+            return True
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,9 +178,17 @@ class Trainer:
         self.show_progress = progress and self.dist.is_main
         self.log = log if self.dist.is_main else (lambda _m: None)
         self._stop_signal: int | None = None
+        self.faults = FaultPlan(os.environ.get(FAULT_ENV))
 
         t = preset.train
         self.seed = t.seed
+        self.channels = get_task(preset.task).channels
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"batch size {t.batch_size} does not split over {self.dist.world_size} processes"
+            )
+        # The run folder is checked first: a wrong --resume fails before anything is built.
+        self._resumable = self._open_run_everywhere()
         torch.manual_seed(self.seed)
         self.maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), self.device)
         builtin = preset.data.path is None  # train_size caps only the built-in data
@@ -155,10 +208,6 @@ class Trainer:
             self.seed,
             size=preset.data.val_size,
         )
-        if t.batch_size % self.dist.world_size:
-            raise ConfigError(
-                f"batch size {t.batch_size} does not split over {self.dist.world_size} processes"
-            )
         self.plan = BatchPlan(
             len(self.train_set), t.batch_size, self.seed, self.dist.rank, self.dist.world_size
         )
@@ -177,10 +226,14 @@ class Trainer:
         self.rollbacks = 0
         self.best_val = -math.inf
         self.nonconverged_total = 0
+        self.metrics_rows = 0  # rows of metrics.jsonl written so far (kept in checkpoints)
+        self._saved_step = -1
+        self._last_plot = time.monotonic()
         self._good_state: dict[str, Any] | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) step ``step``: a function of the step and ``lr_scale``."""
         t = self.preset.train
         base = t.lr * self.lr_scale
         if t.scheduler == "cosine" and self.total_steps > 1:
@@ -196,7 +249,7 @@ class Trainer:
             "task": self.preset.task,
             "model": self.model_name,
             "image_size": self.preset.image_size,
-            "channels": self.maker.task.channels,
+            "channels": self.channels,
             "parameters": self.parameters,
             "preset": self.preset.model_dump(mode="json"),
             "model_state": self.model.state_dict(),
@@ -207,58 +260,97 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
             "best_val_psnr": self.best_val,
+            "nonconverged_total": self.nonconverged_total,
+            "metrics_rows": self.metrics_rows,
+            "world_size": self.dist.world_size,
             "rng_torch": torch.get_rng_state(),
         }
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
+    def _load_state(self, state: dict[str, Any], source: str) -> None:
+        """Restore a checkpoint's training state; a state that does not fit is one line."""
+        try:
+            self.model.load_state_dict(state["model_state"])
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            if isinstance(state.get("rng_torch"), Tensor):
+                torch.set_rng_state(state["rng_torch"])
+            self.lr_scale = float(state.get("lr_scale", 1.0))
+            self.rollbacks = int(state.get("rollbacks", 0))
+            self.best_val = float(state.get("best_val_psnr", -math.inf))
+            self.nonconverged_total = int(state.get("nonconverged_total", 0))
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise CheckpointError(
+                f"{source}: its state does not fit this {self.model_name} run ({first})"
+            ) from None
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise CheckpointError(f"{source}: bad learning-rate scale {self.lr_scale}")
         self.step = int(state["step"])
-        self.lr_scale = float(state.get("lr_scale", 1.0))
-        self.rollbacks = int(state.get("rollbacks", 0))
-        self.best_val = float(state.get("best_val_psnr", -math.inf))
-        if isinstance(state.get("rng_torch"), Tensor):
-            torch.set_rng_state(state["rng_torch"])
 
     def _remember_good(self) -> None:
+        """Keep the state just saved in memory: the target of a rollback."""
         self._good_state = copy.deepcopy(
             {
                 "model_state": self.model.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
                 "step": self.step,
+                "rng_torch": torch.get_rng_state(),
+                "nonconverged_total": self.nonconverged_total,
+                "metrics_rows": self.metrics_rows,
             }
         )
 
     def save(self, best: bool = False) -> None:
-        if not self.dist.is_main:
-            return
-        state = self._state()
-        ckpt.save_checkpoint(self.out / ckpt.LAST, state, keep_previous=True)
-        if best:
-            ckpt.save_checkpoint(self.out / ckpt.BEST, state)
+        """Write ``checkpoint_best.pt`` (if ``best``) then ``checkpoint_last.pt`` (rank 0).
+
+        Best goes first: a kill between the two leaves a ``last`` from before that validation,
+        and the resumed run repeats it and writes ``best`` again.
+        """
+        if self.dist.is_main:
+            state = self._state()
+            if best:
+                ckpt.save_checkpoint(self.out / ckpt.BEST, state)
+            kill = self.faults.take("kill-save", self.step)
+            ckpt.save_checkpoint(
+                self.out / ckpt.LAST,
+                state,
+                keep_previous=True,
+                before_commit=(lambda _tmp: os.kill(os.getpid(), signal.SIGKILL)) if kill else None,
+            )
+        self._saved_step = self.step
+        self._remember_good()
 
     # -- logging -------------------------------------------------------------------------------
     def _metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
+        self.metrics_rows += 1
         if self.dist.is_main:
             with open(self._metrics_path(), "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def _truncate_metrics(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint's step (they will be redone)."""
+    def _truncate_metrics(self, rows: int | None, step: int) -> None:
+        """Keep the first ``rows`` complete rows of ``metrics.jsonl`` (those a checkpoint covers;
+        without that count, the rows up to ``step``): rows logged after it are redone on resume
+        or rollback, and a row cut off by a kill is dropped. Rewritten atomically."""
         p = self._metrics_path()
-        if not (self.dist.is_main and p.exists()):
-            return
-        keep = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a kill
-        p.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        keep: list[str] = []
+        if p.exists():
+            for line in p.read_text(encoding="utf-8").splitlines():
+                if rows is not None and len(keep) >= rows:
+                    break
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut off by a kill
+                if not isinstance(row, dict):
+                    continue
+                if rows is None and (row.get("step", 0) > step or "event" in row):
+                    continue
+                keep.append(line)
+            with atomic_write(p) as tmp:
+                tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        self.metrics_rows = len(keep)
 
     # -- one step ------------------------------------------------------------------------------
     def _items(self, indices: list[int], dataset) -> tuple[Tensor, dict]:
@@ -267,9 +359,15 @@ class Trainer:
         meta = {key: torch.as_tensor([it[1][key] for it in items]) for key in items[0][1]}
         return x, meta
 
-    def train_step(self, step: int) -> StepResult | None:
-        """One optimiser step; returns None if the step was not finite (nothing applied)."""
+    def _weights_finite(self) -> bool:
+        flags = [torch.isfinite(p.detach()).all() for p in self.model.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def train_step(self, step: int) -> StepResult | str:
+        """One optimiser step (``step`` 0-based). Returns the reduced metrics, or, when the step
+        was not finite (nothing applied, or weights to be rolled back), the reason."""
         t = self.preset.train
+        n = step + 1  # the step number of metrics.jsonl and of LUSER_FAULT_INJECT
         self.net.train()
         epoch = self.plan.epoch_of(step)
         x, meta = self._items(self.plan.local_batch(step), self.train_set)
@@ -278,25 +376,51 @@ class Trainer:
             group["lr"] = self.lr_at(step)
         batch.op.reset_counters()
         output, loss = forward_backward(self.net, self.optimizer, batch, t, self.device)
+        loss_value = float(loss.detach())
+        if self.faults.take("nan", n):
+            loss_value = math.nan
+        if self.faults.take("inf-grad", n):
+            next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.inf)
         calls = (batch.op.calls_A, batch.op.calls_A_adjoint)
         grad_norm = clip_gradients(self.model, t)
         stats = solver_summary(self.model.records, self.preset.solver.forward.tol)
+        if self.faults.take("explode", n):
+            stats["fp_forward_residual_max"] = 1e6
         values = torch.tensor(
-            [float(loss.detach()), float(grad_norm), stats.get("fp_forward_residual_max", 0.0)],
+            [loss_value, float(grad_norm), stats.get("fp_forward_residual_max", 0.0)],
             dtype=torch.float64,
         )
         values = self.dist.all_reduce_max(values)
-        if not bool(torch.isfinite(values).all()) or values[2] > EXPLODED_RESIDUAL:
+        reason = None
+        if not math.isfinite(float(values[0])):
+            reason = "non-finite loss"
+        elif not math.isfinite(float(values[1])):
+            reason = "non-finite gradient"
+        elif not math.isfinite(float(values[2])) or float(values[2]) > EXPLODED_RESIDUAL:
+            reason = f"exploding fixed point (forward residual {float(values[2]):.3g})"
+        if reason is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            return None
+            return reason
         self.optimizer.step()
+        if self.faults.take("nan-weights", n):
+            with torch.no_grad():
+                next(iter(self.model.parameters())).fill_(math.nan)
+        if self.dist.any_flag(not self._weights_finite()):
+            return "non-finite weights after the optimiser step"
         final = output[0] if isinstance(output, tuple) else output
-        stats["A_calls"], stats["At_calls"] = float(calls[0]), float(calls[1])
-        stats["grad_norm"] = float(grad_norm)
-        loss_mean = float(self.dist.all_reduce_mean(torch.tensor([float(loss.detach())]))[0])
-        return StepResult(
-            loss=loss_mean, psnr=_batch_psnr(self.preset.task, batch.x, final), stats=stats
-        )
+        local = {
+            "loss": loss_value,
+            "psnr": _batch_psnr(self.preset.task, batch.x, final),
+            **stats,
+            "A_calls": float(calls[0]),
+            "At_calls": float(calls[1]),
+            "grad_norm": float(grad_norm),
+        }
+        how = {k: "max" for k in local if k.endswith("_residual_max")}
+        how["fp_nonconverged"] = "sum"
+        reduced = self.dist.reduce_stats(local, how)
+        loss_mean, psnr_mean = reduced.pop("loss"), reduced.pop("psnr")
+        return StepResult(loss=loss_mean, psnr=psnr_mean, stats=reduced)
 
     # -- validation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -325,39 +449,91 @@ class Trainer:
         return {"val_psnr": float(sums[0]) / count, "val_ssim": float(sums[1]) / count}
 
     # -- the run -------------------------------------------------------------------------------
-    def _prepare_run_dir(self) -> None:
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+    def _changed_settings(self, stored: dict[str, Any]) -> list[str]:
+        """Dotted preset fields that differ between a checkpoint and this run."""
+        now = self.preset.model_dump(mode="json")
+        changed: list[str] = []
+
+        def walk(a: Any, b: Any, key: str) -> None:
+            if isinstance(a, dict) and isinstance(b, dict):
+                for k in sorted(set(a) | set(b)):
+                    walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+            elif a != b:
+                changed.append(f"{key} {a!r} -> {b!r}")
+
+        walk(stored, now, "")
+        return changed
+
+    def _open_run(self) -> dict[str, Any] | None:
+        """Rank 0's view of the run folder: the checkpoint to resume from, or None for a new
+        run. Raises a one-line error for a folder that cannot be used."""
+        self.out.mkdir(parents=True, exist_ok=True)
         resumable = ckpt.load_resumable(self.out, warn=self.log) if self.resume else None
-        if self.resume and resumable is None:
-            self.log(f"no checkpoint in {self.out} to resume from; starting a new run")
         if resumable is not None:
             ckpt.check_compatible(
                 resumable,
                 task=self.preset.task,
+                model=self.model_name,
                 image_size=self.preset.image_size,
-                source=str(self.out),
+                channels=self.channels,
+                source=f"run folder {self.out}",
             )
-            if resumable["model"] != self.model_name:
-                raise ConfigError(
-                    f"{self.out} holds a {resumable['model']} run, not {self.model_name}"
+            return resumable
+        existing = [n for n in (ckpt.LAST, ckpt.PREV, ckpt.BEST) if (self.out / n).exists()]
+        if existing and not self.resume:
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        if self.resume:
+            self.log(f"no checkpoint in {self.out} to resume from; starting a new run")
+        return None
+
+    def _open_run_everywhere(self) -> dict[str, Any] | None:
+        """:meth:`_open_run` on rank 0, its outcome (checkpoint or one-line error) on every
+        rank: the ranks need not share a file system, and never disagree."""
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.dist.is_main:
+            try:
+                outcome = ("ok", self._open_run())
+            except LuserError as e:
+                outcome = (type(e).__name__, str(e))
+        outcome = self.dist.broadcast_from_main(outcome)
+        if outcome[0] != "ok":  # the same one-line error on every rank
+            kinds = {c.__name__: c for c in (ConfigError, CheckpointError, LuserError)}
+            raise kinds.get(outcome[0], LuserError)(outcome[1])
+        return outcome[1]
+
+    def _prepare_run_dir(self) -> None:
+        """Restore the checkpoint found when the trainer was made, or start a new run folder."""
+        resumable, self._resumable = self._resumable, None
+        if resumable is not None:
+            self._load_state(resumable, f"{self.out}")
+            if self.dist.is_main:
+                ckpt.remove_stale_temporaries(self.out)
+                self._truncate_metrics(resumable.get("metrics_rows"), self.step)
+            else:
+                self.metrics_rows = int(resumable.get("metrics_rows", 0))
+            changed = self._changed_settings(resumable["preset"])
+            if changed:
+                self.log(
+                    "warning: resuming with changed settings (the run will differ from an "
+                    f"uninterrupted one): {'; '.join(changed)}"
                 )
-            self._load_state(resumable)
-            self._truncate_metrics(self.step)
             self.log(f"resumed {self.out} at step {self.step}")
+            self._saved_step = self.step
         elif self.dist.is_main:
-            if (self.out / ckpt.LAST).exists() and not self.resume:
-                raise ConfigError(
-                    f"{self.out} already holds a run; pass --resume to continue it or choose "
-                    "another --out"
-                )
+            ckpt.remove_stale_temporaries(self.out)
             self._metrics_path().unlink(missing_ok=True)
         if self.dist.is_main:
-            (self.out / "preset.toml").write_text(preset_to_toml(self.preset), encoding="utf-8")
+            with atomic_write(self.out / "preset.toml") as tmp:
+                tmp.write_text(preset_to_toml(self.preset), encoding="utf-8")
         self._remember_good()
 
     @contextmanager
     def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM only set a flag; the loop saves and stops at the next step boundary."""
+
         def handler(signum, _frame):
             self._stop_signal = signum
 
@@ -371,83 +547,126 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _rollback(self, step: int) -> None:
-        self.rollbacks += 1
-        if self.rollbacks > self.preset.train.max_rollbacks:
-            raise TrainingFailed(
-                f"training diverged at step {step} (non-finite loss or exploding fixed point) "
-                f"after {self.rollbacks - 1} rollbacks with lower learning rates; last good "
-                f"checkpoint: {self.out / ckpt.LAST}"
-            )
+    def _rollback(self, step: int, reason: str) -> None:
+        """Step ``step`` (0-based) failed: restore the last saved state with half the lr."""
         assert self._good_state is not None
-        self.model.load_state_dict(self._good_state["model_state"])
-        self.optimizer.load_state_dict(self._good_state["optimizer_state"])
-        self.step = int(self._good_state["step"])
+        good = self._good_state
+        self.rollbacks += 1
+        limit = self.preset.train.max_rollbacks
+        if self.rollbacks > limit:
+            self._write_metrics(
+                {"step": self.step, "event": "failed", "failed_step": step + 1, "reason": reason}
+            )
+            last = self.out / ckpt.LAST
+            where = (
+                f"the last good checkpoint is {last} (step {good['step']})"
+                if last.exists()
+                else "no checkpoint was saved"
+            )
+            raise TrainingFailed(
+                f"training diverged at step {step + 1} ({reason}) after {limit} rollback(s) to "
+                f"lower learning rates (now x{self.lr_scale:g}); {where}; try a lower --lr"
+            )
+        self.model.load_state_dict(good["model_state"])
+        self.optimizer.load_state_dict(good["optimizer_state"])
+        torch.set_rng_state(good["rng_torch"])
+        self.step = int(good["step"])
+        self.nonconverged_total = int(good["nonconverged_total"])
+        if self.dist.is_main:
+            self._truncate_metrics(int(good["metrics_rows"]), self.step)
+        else:
+            self.metrics_rows = int(good["metrics_rows"])
         self.lr_scale *= 0.5
         self.log(
-            f"warning: step {step} was not finite; rolled back to step {self.step} with "
-            f"learning rate x{self.lr_scale:g} ({self.rollbacks}/{self.preset.train.max_rollbacks})"
+            f"warning: step {step + 1}: {reason}; rolled back to step {self.step} with learning "
+            f"rate x{self.lr_scale:g} (rollback {self.rollbacks} of {limit})"
         )
-        self._write_metrics({"step": step, "event": "rollback", "lr_scale": self.lr_scale})
+        self._write_metrics(
+            {
+                "step": self.step,
+                "event": "rollback",
+                "failed_step": step + 1,
+                "reason": reason,
+                "lr_scale": self.lr_scale,
+                "rollbacks": self.rollbacks,
+            }
+        )
+        good["metrics_rows"] = self.metrics_rows  # a later rollback keeps this row
+
+    def _stop_if_signalled(self) -> None:
+        if not self.dist.any_flag(self._stop_signal is not None):
+            return
+        if self._saved_step != self.step:
+            self.save()
+        self._plot_curves(force=True)
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.step}; checkpoint saved in {self.out} "
+            "(continue with --resume)"
+        )
+
+    def _plot_curves(self, force: bool = False) -> None:
+        """Redraw ``training_curve.png`` (rank 0) at the end, and meanwhile at most every
+        :data:`PLOT_EVERY_S` seconds (drawing costs about a second)."""
+        from luser_cli.training.curves import plot_training_curves
+
+        now = time.monotonic()
+        if not self.dist.is_main or not (force or now - self._last_plot >= PLOT_EVERY_S):
+            return
+        if self._metrics_path().exists():
+            plot_training_curves(
+                self._metrics_path(),
+                self.out / "training_curve.png",
+                title=f"{self.model_name} on {self.preset.task}",
+            )
+        self._last_plot = now
 
     def run(self) -> dict[str, Any]:
-        from luser_cli.training.curves import plot_training_curves
         from luser_cli.training.progress import TrainingProgress
 
-        self._prepare_run_dir()
-        start_step = self.step
-        t0 = time.perf_counter()
-        progress = TrainingProgress(self.total_steps, start_step, enabled=self.show_progress)
-        last: StepResult | None = None
-        with self._signals(), progress:
-            while self.step < self.total_steps:
-                step = self.step
-                ts = time.perf_counter()
-                result = self.train_step(step)
-                if result is None:
-                    self._rollback(step)
-                    continue
-                last = result
-                self.step = step + 1
-                self.nonconverged_total += int(result.stats.get("fp_nonconverged", 0))
-                row = {
-                    "step": self.step,
-                    "epoch": self.plan.epoch_of(step),
-                    "loss": result.loss,
-                    "psnr": result.psnr,
-                    "lr": self.lr_at(step),
-                    "time_s": time.perf_counter() - ts,
-                    **result.stats,
-                }
-                self._write_metrics(row)
-                progress.update(
-                    self.step, result.loss, result.psnr, result.stats, self.nonconverged_total
-                )
-                done = self.step == self.total_steps
-                best = False
-                if self.step % self.val_every == 0 or done:
-                    val = self.validate()
-                    best = val["val_psnr"] > self.best_val
-                    if best:
-                        self.best_val = val["val_psnr"]
-                    self._write_metrics({"step": self.step, "split": "val", **val})
-                    progress.note_validation(val)
-                    if self.dist.is_main:
-                        plot_training_curves(
-                            self._metrics_path(),
-                            self.out / "training_curve.png",
-                            title=f"{self.model_name} on {self.preset.task}",
-                        )
-                if self.step % self.save_every == 0 or done or best:
-                    self.save(best=best)
-                    self._remember_good()
-                if self.dist.any_flag(self._stop_signal is not None):
-                    self.save()
-                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal"
-                    raise TrainingInterrupted(
-                        f"stopped by {name} at step {self.step}; checkpoint saved in {self.out} "
-                        "(continue with --resume)"
+        with self._signals():
+            self._prepare_run_dir()
+            start_step = self.step
+            t0 = time.perf_counter()
+            progress = TrainingProgress(self.total_steps, start_step, enabled=self.show_progress)
+            last: StepResult | None = None
+            with progress:
+                while self.step < self.total_steps:
+                    self._stop_if_signalled()
+                    step = self.step
+                    ts = time.perf_counter()
+                    result = self.train_step(step)
+                    if isinstance(result, str):
+                        self._rollback(step, result)
+                        continue
+                    last = result
+                    self.step = step + 1
+                    self.nonconverged_total += int(result.stats.get("fp_nonconverged", 0))
+                    row = {
+                        "step": self.step,
+                        "epoch": self.plan.epoch_of(step),
+                        "loss": result.loss,
+                        "psnr": result.psnr,
+                        "lr": self.lr_at(step),
+                        "time_s": time.perf_counter() - ts,
+                        **result.stats,
+                    }
+                    self._write_metrics(row)
+                    progress.update(
+                        self.step, result.loss, result.psnr, result.stats, self.nonconverged_total
                     )
+                    done = self.step == self.total_steps
+                    best = False
+                    if self.step % self.val_every == 0 or done:
+                        val = self.validate()
+                        best = val["val_psnr"] > self.best_val
+                        if best:
+                            self.best_val = val["val_psnr"]
+                        self._write_metrics({"step": self.step, "split": "val", **val})
+                        progress.note_validation(val)
+                        self._plot_curves(force=done)
+                    if self.step % self.save_every == 0 or done or best:
+                        self.save(best=best)
         summary = {
             "task": self.preset.task,
             "model": self.model_name,
@@ -464,7 +683,6 @@ class Trainer:
             "out": str(self.out),
         }
         if self.dist.is_main:
-            (self.out / "run.json").write_text(
-                json.dumps(summary, indent=2) + "\n", encoding="utf-8"
-            )
+            with atomic_write(self.out / "run.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         return summary

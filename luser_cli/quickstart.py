@@ -1,0 +1,129 @@
+"""The README's main job: train LUSER-DW on built-in data, evaluate it, reconstruct a sample.
+
+Every step is one of the ordinary commands (``luser train``, ``luser eval``, ``luser simulate``,
+``luser reconstruct``) run through the library with the same code; the equivalent command lines
+are printed so a user can rerun or vary any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from luser_cli.io.atomic import atomic_write
+
+
+@dataclass(frozen=True)
+class QuickstartSettings:
+    task: str = "ct"
+    model: str = "luser-dw"
+    image_size: int = 64
+    steps: int = 150
+    batch_size: int = 4
+    lr: float | None = None  # the preset's when None
+    eval_images: int = 32
+    seed: int = 0
+
+    def train_args(self, run: Path) -> list[str]:
+        args = [
+            "luser", "train", "--task", self.task, "--model", self.model,
+            "--image-size", str(self.image_size), "--steps", str(self.steps),
+            "--batch-size", str(self.batch_size), "--seed", str(self.seed), "--out", str(run),
+        ]  # fmt: skip
+        return args + (["--lr", f"{self.lr:g}"] if self.lr is not None else [])
+
+
+def _sample_png(task: str, image_size: int, seed: int, path: Path) -> None:
+    """A held-out built-in test image written as a PNG (what a user would bring)."""
+    from luser_cli.data.sources import open_dataset
+    from luser_cli.io.images import write_png
+    from luser_cli.physics import output_image
+
+    image, _ = open_dataset(task, "test", image_size, None, seed, size=1)[0]
+    shown = output_image(task, image[None])[0].numpy()  # (C, H, W) in [0, 1]
+    pixels = np.clip(np.rint(shown * 255), 0, 255).astype(np.uint8)
+    write_png(path, pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1))
+
+
+def run_quickstart(out: Path, settings: QuickstartSettings, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run the whole job into ``out``; returns (and writes ``quickstart.json``) the summary."""
+    from luser_cli.evaluation.figures import comparison_figure
+    from luser_cli.evaluation.runner import Examples, evaluate
+    from luser_cli.reconstruct import reconstruct_file
+    from luser_cli.runs import load_trained
+    from luser_cli.simulate import simulate_file
+    from luser_cli.training.config import apply_overrides, preset_for_task
+    from luser_cli.training.loop import Trainer
+
+    s = settings
+    out.mkdir(parents=True, exist_ok=True)
+    run = out / "run"
+    t0 = time.perf_counter()
+    preset = apply_overrides(
+        preset_for_task(s.task),
+        {
+            "image_size": s.image_size,
+            "train.steps": s.steps,
+            "train.batch_size": s.batch_size,
+            "train.lr": s.lr,
+            "train.seed": s.seed,
+        },
+    )
+    log("1/3  " + " ".join(s.train_args(run)))
+    summary_train = Trainer(preset, s.model, run, progress=progress, log=log).run()
+    t_train = time.perf_counter() - t0
+
+    log(f"2/3  luser eval {run} --n {s.eval_images} --json {out / 'eval.json'}")
+    trained = load_trained(run, "cpu")
+    examples = Examples()
+    result = evaluate(trained, data=None, split="test", n_images=s.eval_images, examples=examples)
+    best = result["best_classical"]
+    comparison_figure(
+        examples.rows,
+        out / "comparison.png",
+        classical=best,
+        model_name=s.model,
+        scores=examples.psnr,
+        title=f"{s.model} vs {best} on held-out built-in {s.task} images",
+    )
+    with atomic_write(out / "eval.json") as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    t_eval = time.perf_counter() - t0 - t_train
+
+    sample = out / "sample.png"
+    scan = out / "sample_scan.h5"
+    recon = out / "sample_recon.png"
+    log(f"3/3  luser simulate {sample} -t {s.task} -o {scan} && "
+        f"luser reconstruct {scan} -o {recon} --checkpoint {run}")
+    _sample_png(s.task, s.image_size, s.seed, sample)
+    simulate_file(sample, scan, task=s.task, seed=s.seed)
+    rec = reconstruct_file(scan, recon, "model", options={"checkpoint": run}, progress=False)
+    t_total = time.perf_counter() - t0
+
+    metrics = result["metrics"]
+    summary = {
+        "settings": asdict(s),
+        "train": summary_train,
+        "eval": {
+            "n_images": result["n_images"],
+            "model_psnr": metrics["model"]["psnr"],
+            "model_ssim": metrics["model"]["ssim"],
+            "best_classical": best,
+            "best_classical_psnr": metrics[best]["psnr"],
+            "model_minus_best_classical_db": result["model_minus_best_classical_db"],
+            "all": metrics,
+        },
+        "sample": {"input": str(sample), "scan": str(scan), "reconstruction": str(rec.output)},
+        "seconds": {"train": t_train, "eval": t_eval, "total": t_total},
+        "threads": torch.get_num_threads(),
+        "out": str(out),
+    }
+    with atomic_write(out / "quickstart.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
