@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from skimage.data import astronaut, shepp_logan_phantom
+from skimage.data import astronaut, camera, shepp_logan_phantom
 from skimage.restoration import denoise_tv_chambolle
 from skimage.transform import resize
 
@@ -22,6 +22,15 @@ from luser_cli.classical.tv import divergence, gradient, total_variation, tv_obj
 from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
 from luser_cli.physics import build_noise, build_operator, initial_estimate, simulate
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Identity(LinearOperator):
@@ -52,10 +61,10 @@ def task_image(task: str, n: int) -> torch.Tensor:
     if task == "deblur":
         rgb = resize(astronaut()[:300, 100:400] / 255.0, (n, n), anti_aliasing=True)
         return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
-    p = torch.from_numpy(phantom(n))[None, None]
     if task == "ct":
-        return p
-    return torch.cat([p, torch.zeros_like(p)], dim=1)
+        return torch.from_numpy(phantom(n))[None, None]
+    gray = torch.from_numpy(resize(camera() / 255.0, (n, n), anti_aliasing=True))[None, None]
+    return torch.cat([gray, torch.zeros_like(gray)], dim=1)
 
 
 def simulated(
@@ -112,17 +121,19 @@ def test_tv_with_identity_matches_skimage_rof(gen: torch.Generator) -> None:
 def test_pdhg_objective_decreases_generic_and_prox_paths() -> None:
     op, _, y = simulated("mri4x", 32)
     weight = 0.01 * float(op.A_adjoint(y).norm(dim=1).max())
+
+    def run(iterations: int, generic: bool) -> torch.Tensor:
+        return tv_reconstruct(op, y, weight, iterations, generic=generic, balance=0.3)
+
     for generic in (True, False):
         objective = [
-            float(tv_objective(op, tv_reconstruct(op, y, weight, it, generic=generic), y, weight))
-            for it in (0, 10, 40, 160, 640)
+            float(tv_objective(op, run(it, generic), y, weight)) for it in (0, 20, 80, 320)
         ]
-        assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(objective))
-        assert objective[-2] - objective[-1] < 0.05 * (objective[0] - objective[-1])
+        assert all(b < a for a, b in itertools.pairwise(objective))
+        assert objective[-2] - objective[-1] < 0.1 * (objective[0] - objective[-1])
     # both paths reach the same minimiser
-    a = tv_reconstruct(op, y, weight, 1500, generic=True)
-    b = tv_reconstruct(op, y, weight, 1500, generic=False)
-    assert float((a - b).norm() / b.norm()) < 2e-3
+    a, b = run(600, True), run(600, False)
+    assert float((a - b).norm() / b.norm()) < 3e-3
 
 
 def test_blur_prox_path_matches_generic_path() -> None:
@@ -151,6 +162,17 @@ def test_float32_and_zero_data() -> None:
         "tv", "mri4x", build_operator("mri4x", 16), torch.zeros(1, 2, 16, 16)
     )
     assert torch.equal(zero, torch.zeros_like(zero))
+
+
+def test_padded_kspace_takes_the_generic_path() -> None:
+    """fastMRI layout: k-space larger than the image (no cheap prox); TV still beats zero-filled."""
+    op = build_operator("mri4x", 32, kspace_size=(48, 40)).to(torch.float64)
+    x = task_image("mri4x", 32)
+    y = op.A(x)
+    zf = reconstruct_classical("zero-filled", "mri4x", op, y)
+    tv = reconstruct_classical("tv", "mri4x", op, y)
+    assert tv.shape == x.shape
+    assert psnr(tv, x) >= psnr(zf, x) + 0.5
 
 
 # -- methods ------------------------------------------------------------------------------------

@@ -8,17 +8,18 @@
 from luser_cli.classical.methods import (
     CLASSICAL_METHODS,
     TV_DEFAULTS,
+    absolute_tv_weight,
     default_method,
     intensity_scale,
     methods_for,
     reconstruct_classical,
-    tv_weight,
 )
 from luser_cli.classical.tv import total_variation, tv_objective, tv_reconstruct
 
 __all__ = [
     "CLASSICAL_METHODS",
     "TV_DEFAULTS",
+    "absolute_tv_weight",
     "default_method",
     "intensity_scale",
     "methods_for",
@@ -26,5 +27,4 @@ __all__ = [
     "total_variation",
     "tv_objective",
     "tv_reconstruct",
-    "tv_weight",
 ]

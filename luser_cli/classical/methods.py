@@ -1,27 +1,26 @@
 """Classical reconstructions: the baselines every learned model is compared to.
 
-=============  ==========  ====================================================================
-method         tasks       result ``(B, C, H, W)`` in the task's image units
-=============  ==========  ====================================================================
-``input``      deblur      the blurred, noisy measurement ``y`` itself
-``adjoint``    all         ``A^T y / ||A||^2`` (as :func:`luser_cli.physics.initial_estimate`)
-``fbp``        ct          filtered back-projection with the Hann filter
-``zero-filled`` mri4x/8x   ``A^T y`` (fastMRI's zero-filled reconstruction; ``||A|| = 1``)
-``tv``         all         total-variation regularised least squares, :func:`tv_reconstruct`
-=============  ==========  ====================================================================
+Methods (results ``(B, C, H, W)`` in the task's image units):
+
+- ``input`` (deblur): the blurred, noisy measurement ``y`` itself;
+- ``adjoint`` (all tasks): ``A^T y / ||A||^2``, as :func:`luser_cli.physics.initial_estimate`;
+- ``fbp`` (ct): filtered back-projection with the Hann filter;
+- ``zero-filled`` (mri4x, mri8x): ``A^T y``, fastMRI's zero-filled image (``||A|| = 1``);
+- ``tv`` (all tasks): total-variation regularised least squares,
+  :func:`~luser_cli.classical.tv.tv_reconstruct`, with tuned per-task defaults.
 
 TV weight. ``tv`` minimises ``1/2 ||A x - y||^2 + lambda TV(x)`` with
 
-    lambda = tv_weight * scale * ||A||^2,
+    lambda = tv_weight * scale * gain,
 
-``tv_weight`` a dimensionless *relative* weight and ``scale`` the intensity scale of each sample
-(:func:`intensity_scale`: a robust maximum, the 99th percentile of the pixel magnitude, of the
-task's reference image: ``y`` for deblurring, the FBP for CT, ``|A^T y|`` for MRI). Because
-``lambda`` scales with the data, ``tv(c y) = c tv(y)``: one default serves images in [0, 1],
-raw fastMRI k-space (~1e-4) and LoDoPaB sinograms alike. The factor ``||A||^2`` (1 for the blur
-and MRI operators) makes the weight independent of the measurement units (metres for CT).
-The defaults in :data:`TV_DEFAULTS` were tuned on images other than those reported in
-``examples/classical-baselines.md`` (see there).
+``tv_weight`` a dimensionless *relative* weight; ``scale`` the intensity scale of each sample
+(:func:`intensity_scale`: the 99th percentile of the pixel magnitude of the task's reference
+image: ``y`` for deblurring, the Hann FBP for CT, ``|A^T y|`` for MRI); ``gain`` the operator
+factor (:func:`operator_gain`: ``||A||^2``, times ``N / 362`` for CT). Because ``lambda`` scales
+with the data, ``tv(c y) = c tv(y)``: one default serves images in [0, 1], raw fastMRI k-space
+(~1e-4) and LoDoPaB sinograms alike, and ``gain`` makes it independent of the measurement units
+(metres for CT) and of the CT image size. The defaults in :data:`TV_DEFAULTS` were tuned on
+images other than those reported in ``examples/classical-baselines.md`` (see there).
 """
 
 from __future__ import annotations
@@ -37,15 +36,21 @@ from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
 from luser_cli.tasks import get_task
 
+#: LoDoPaB-CT's image side, the reference size of the CT weight (see :func:`operator_gain`).
+LODOPAB_SIZE = 362
+
 __all__ = [
     "CLASSICAL_METHODS",
     "TV_DEFAULTS",
     "TVDefaults",
+    "absolute_tv_weight",
+    "check_method",
     "default_method",
     "intensity_scale",
     "methods_for",
+    "operator_gain",
     "reconstruct_classical",
-    "tv_weight",
+    "reference_image",
 ]
 
 CLASSICAL_METHODS: tuple[str, ...] = ("input", "adjoint", "fbp", "zero-filled", "tv")
@@ -66,10 +71,10 @@ class TVDefaults:
 
 #: Tuned defaults (see ``examples/classical_baselines.py`` and the module docstring).
 TV_DEFAULTS: dict[str, TVDefaults] = {
-    "deblur": TVDefaults(weight=0.004, iterations=300, nonneg=True),
-    "ct": TVDefaults(weight=0.004, iterations=400, nonneg=True),
-    "mri4x": TVDefaults(weight=0.004, iterations=300, nonneg=False),
-    "mri8x": TVDefaults(weight=0.004, iterations=300, nonneg=False),
+    "deblur": TVDefaults(weight=5e-4, iterations=300, nonneg=False, balance=1.0),
+    "ct": TVDefaults(weight=4e-3, iterations=400, nonneg=True, balance=0.3),
+    "mri4x": TVDefaults(weight=4e-3, iterations=400, nonneg=False, balance=0.3),
+    "mri8x": TVDefaults(weight=1.6e-2, iterations=400, nonneg=False, balance=0.3),
 }
 
 
@@ -123,13 +128,53 @@ def intensity_scale(task: str, op: LinearOperator, y: Tensor) -> Tensor:
     return robust_max(reference_image(task, op, y))
 
 
-def tv_weight(task: str, op: LinearOperator, y: Tensor, relative: float | None = None) -> Tensor:
-    """The absolute per-sample TV weight ``(B,)``: ``relative * intensity_scale * ||A||^2``
-    (``relative`` defaults to the task's tuned :data:`TV_DEFAULTS` weight)."""
-    rel = TV_DEFAULTS[get_task(task).name].weight if relative is None else float(relative)
-    if rel < 0:
-        raise ConfigError(f"TV weight must be >= 0, got {rel}")
-    return rel * intensity_scale(task, op, y) * op.norm_sq()
+def operator_gain(task: str, op: LinearOperator) -> float:
+    """The operator factor of the TV weight.
+
+    ``||A||^2`` for deblurring and MRI (exactly 1 for their operators). For CT,
+    ``||A||^2 * N / 362``: a parallel-beam operator over LoDoPaB's fixed field of view has
+    ``||A||^2`` proportional to ``1 / N`` (pixel size), while the best absolute weight hardly
+    changes with ``N`` (measured at N = 64 and 127 on four tuning images: the best relative
+    weight doubled with N under plain ``||A||^2``). This makes the relative weight independent
+    of the image size, and equal to the plain ``||A||^2`` form at LoDoPaB's 362 x 362.
+    """
+    spec = get_task(task)
+    gain = float(op.norm_sq())
+    if spec.name == "ct":
+        gain *= op.image_shape[-1] / LODOPAB_SIZE
+    return gain
+
+
+def _relative_weights(task: str, relative: float | Tensor | None, like: Tensor) -> Tensor:
+    """Validated relative weight(s) as a tensor: a scalar or ``(B,)`` (default: tuned)."""
+    rel = TV_DEFAULTS[get_task(task).name].weight if relative is None else relative
+    rel_t = torch.as_tensor(rel, dtype=like.dtype, device=like.device)
+    if rel_t.ndim > 1 or (rel_t.ndim == 1 and rel_t.numel() not in (1, like.shape[0])):
+        raise ConfigError(
+            f"TV weight must be one number or one per sample, got {tuple(rel_t.shape)}"
+        )
+    if not bool(torch.isfinite(rel_t).all()) or bool((rel_t < 0).any()):
+        raise ConfigError(f"TV weight must be a finite number >= 0, got {relative}")
+    return rel_t
+
+
+def absolute_tv_weight(
+    task: str,
+    op: LinearOperator,
+    y: Tensor,
+    relative: float | Tensor | None = None,
+    *,
+    reference: Tensor | None = None,
+) -> Tensor:
+    """The absolute per-sample TV weight ``(B,)``: ``relative * intensity_scale * gain``.
+
+    ``relative``: a float or ``(B,)`` tensor (default: the task's tuned :data:`TV_DEFAULTS`
+    weight); ``reference``: :func:`reference_image` if already computed; ``gain`` from
+    :func:`operator_gain`.
+    """
+    ref = reference_image(task, op, y) if reference is None else reference
+    rel = _relative_weights(task, relative, ref)
+    return rel * robust_max(ref) * operator_gain(task, op)
 
 
 @torch.no_grad()
@@ -139,7 +184,7 @@ def reconstruct_classical(
     op: LinearOperator,
     y: Tensor,
     *,
-    tv_weight: float | None = None,
+    tv_weight: float | Tensor | None = None,
     iterations: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
@@ -149,17 +194,18 @@ def reconstruct_classical(
         method: one of :data:`CLASSICAL_METHODS` that fits the task (see :func:`methods_for`).
         task: task name (``deblur``, ``ct``, ``mri4x``, ``mri8x``).
         op: the task's operator (from :func:`luser_cli.physics.build_operator`).
-        y: measurements ``(B, *op.measurement_shape())``.
-        tv_weight: relative TV weight (dimensionless, see the module docstring); default: the
-            task's tuned value. Only for ``tv``.
+        y: measurements ``(B, *op.measurement_shape())`` in the operator's units.
+        tv_weight: relative TV weight (dimensionless, see the module docstring), one number or a
+            ``(B,)`` tensor with one per sample; default: the task's tuned value. Only for ``tv``.
         iterations: PDHG iterations for ``tv``; default: the task's tuned value.
         progress: ``progress(k, iterations)`` callback for ``tv``.
 
     Returns:
-        Images in the task's units (deblur/CT: [0, 1] scale; MRI: real/imag in k-space units).
+        ``(B, C, H, W)`` in the task's image units (deblur / CT: the [0, 1] scale; MRI: real and
+        imaginary parts in the units of ``A^T y``), same dtype and device as ``y``.
 
     Raises:
-        ConfigError: for an unknown method or one that does not fit the task.
+        ConfigError: for an unknown method, one that does not fit the task, or bad TV settings.
     """
     spec = get_task(task)
     check_method(method, spec.name)
@@ -171,17 +217,12 @@ def reconstruct_classical(
         return op.A_adjoint(y)
     if method == "fbp":
         return _fbp(op, y)
-    # tv
     defaults = TV_DEFAULTS[spec.name]
     n_iter = defaults.iterations if iterations is None else int(iterations)
     if n_iter < 0:
         raise ConfigError(f"TV iterations must be >= 0, got {n_iter}")
     x0 = reference_image(spec.name, op, y)
-    scale = robust_max(x0)
-    rel = defaults.weight if tv_weight is None else float(tv_weight)
-    if rel < 0:
-        raise ConfigError(f"TV weight must be >= 0, got {rel}")
-    weight = rel * scale * op.norm_sq()
+    weight = absolute_tv_weight(spec.name, op, y, tv_weight, reference=x0)
     return tv_reconstruct(
         op,
         y,

@@ -12,17 +12,25 @@ forward differences with a zero difference on the last row/column (Neumann bound
 ``skimage.restoration.denoise_tv_chambolle``). All channels share one edge set: the RGB channels
 of a photograph, the real and imaginary parts of an MRI image.
 
-Both the data term and TV are dualised, ``K = [A; nu * grad]``, so only ``A`` and ``A_adjoint``
-are needed and the method works for any :class:`~luser_cli.operators.base.LinearOperator`.
-``nu = sqrt(||A||^2 / 8)`` rescales the gradient to the operator's norm (Sidky et al. 2012), so
-``||K||^2 <= 2 ||A||^2`` with ``||A||^2 = op.norm_sq()``; step sizes satisfy
-``tau * sigma * 2 ||A||^2 < 1``. The primal/dual step ratio is balanced per sample by the
-residual-balancing rule of Goldstein et al. (2015, "Adaptive primal-dual splitting methods");
-the adaptation decays geometrically, so the classical convergence guarantee applies.
+Two forms of Chambolle–Pock (2011), both with one ``A`` and one ``A_adjoint`` per iteration:
 
-Cost per iteration: one ``A`` and one ``A_adjoint`` (plus a few image-sized element-wise ops).
-The iteration is deterministic and exactly equivariant to intensity scaling: ``(c y, c weight)``
-gives ``c x``.
+- generic (any :class:`~luser_cli.operators.base.LinearOperator`): both the data term and TV are
+  dualised, ``K = [A; nu grad]``, so only ``A`` and ``A_adjoint`` are needed; ``nu =
+  sqrt(||A||^2 / 8)`` rescales the gradient to the operator's norm (Sidky et al. 2012), so
+  ``||K||^2 <= 2 ||A||^2`` with ``||A||^2 = op.norm_sq()``, and ``tau sigma 2 ||A||^2 = 0.99``.
+  Non-negativity is the primal prox.
+- exact data prox, ``K = grad`` (``tau sigma 8 = 0.99``), where ``(I + tau A^T A)^{-1}`` is cheap:
+  circulant operators that expose ``transfer_function()`` (the circular Gaussian blur: a
+  division in Fourier) and the un-padded masked Fourier operator with a 0/1 mask (``A^T A`` is
+  an orthogonal projection). Used when ``nonneg`` is off; converges in fewer iterations.
+
+Step sizes: ``tau / sigma = balance^2 * scale / radius``, the ratio of the primal variable's
+scale (a robust max of the start image) to the dual's (the radius of the TV dual ball), per
+sample. This makes the iteration exactly equivariant to intensity scaling, ``(c y, c weight, c
+x0) -> c x``, so the convergence speed does not depend on the data's units; ``balance`` (about
+0.3-1) is tuned per task in :mod:`luser_cli.classical.methods`.
+
+Deterministic; float32 or float64 (of ``y``); CPU or CUDA (of ``y`` and the operator).
 """
 
 from __future__ import annotations
@@ -167,9 +175,10 @@ def robust_max(x: Tensor, quantile: float = 0.99) -> Tensor:
     """``(B, C, H, W)`` -> ``(B,)``: a robust maximum of each sample, the ``quantile`` of the
     per-pixel magnitude over channels (the maximum where that is zero, e.g. a tiny object on a
     zero background). Positively homogeneous: ``robust_max(c x) = c robust_max(x)``, ``c > 0``."""
-    mag = torch.linalg.vector_norm(x, dim=1).flatten(1).to(torch.float64)
-    q = torch.quantile(mag, quantile, dim=1)
-    return torch.where(q > 0, q, mag.amax(dim=1)).to(x.dtype)
+    mag = torch.linalg.vector_norm(x, dim=1).flatten(1)
+    k = min(mag.shape[1], max(1, math.ceil(quantile * mag.shape[1])))
+    q = torch.kthvalue(mag, k, dim=1).values  # no size limit, unlike torch.quantile
+    return torch.where(q > 0, q, mag.amax(dim=1))
 
 
 def _pdhg(
@@ -251,7 +260,8 @@ def tv_reconstruct(
         y: measurements ``(B, *op.measurement_shape())``, in the operator's measurement units.
         weight: absolute TV weight ``lambda`` in ``1/2||Ax-y||^2 + lambda TV(x)`` (a float, or a
             ``(B,)`` tensor with one weight per sample). It carries the units of ``A^T y``; see
-            :func:`luser_cli.classical.methods.tv_weight` for a weight relative to the data scale.
+            :func:`luser_cli.classical.methods.absolute_tv_weight` for a weight relative to the
+            data scale.
         iterations: maximum number of PDHG iterations (each costs about one ``A`` and one ``A^T``).
         x0: starting image ``(B, C, H, W)``; defaults to ``A^T y / ||A||^2``. Its intensity
             scale also sets the primal/dual step ratio, so start from an image on the right scale.
