@@ -1,14 +1,303 @@
-"""``luser memprobe``."""
+"""``luser memprobe``: the largest training batch that fits a GPU of N GB (real or simulated)."""
 
 from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.errors import NotBuiltError
+from luser_cli.cli.options import set_threads
+
+_HELP_TAIL = (
+    "Several values may follow one flag (--gpu-gb 8 10 24 --task ct deblur) or the flag may be "
+    "repeated; commas work too."
+)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [p for p in v.replace(",", " ").split() if p]
+    return out
+
+
+def _gb(text: str) -> float:
+    from luser_cli.errors import ConfigError
+
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--gpu-gb must be a number of GB, got {text!r}") from None
+
+
+def _sort_extras(extras: list[str], tasks: list[str], models: list[str], gbs: list[str]) -> None:
+    """Values listed after a flag without repeating it land in ``ctx.args``; their domains
+    (numbers, task names, model names) do not overlap, so each goes back to its flag."""
+    from luser_cli.errors import ConfigError
+    from luser_cli.models.registry import MODEL_NAMES
+    from luser_cli.tasks import TASK_NAMES
+
+    for token in extras:
+        for part in _split([token]):
+            if part in TASK_NAMES:
+                tasks.append(part)
+            elif part in MODEL_NAMES:
+                models.append(part)
+            else:
+                try:
+                    float(part)
+                except ValueError:
+                    raise ConfigError(
+                        f"unexpected argument {part!r} (not a task, a model or a number of GB)"
+                    ) from None
+                gbs.append(part)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def memprobe(ctx: typer.Context) -> None:
-    """Largest training batch that fits a GPU of N GB (real CUDA or simulated). [not built yet]"""
-    raise NotBuiltError("`luser memprobe` is not built yet: it needs the models")
+def memprobe(
+    ctx: typer.Context,
+    gpu_gb: list[str] | None = typer.Option(
+        None, "--gpu-gb", "-g", help="GPU capacities in GB, i.e. GiB (default: 8 10 24)."
+    ),
+    task: list[str] | None = typer.Option(
+        None, "--task", "-t", help="Tasks (default: deblur ct mri4x)."
+    ),
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="Models (default: lu-dncnn deq4ip luser-sw luser-dw)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Image side in pixels (default: each preset's: 128, 362, 320)."
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (cuda if a GPU is present, else sim), sim or cuda."
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Write the rows (and how they were made) to this JSON file."
+    ),
+    markdown_path: Path | None = typer.Option(
+        None, "--markdown", help="Write the table as Markdown (with the command and machine)."
+    ),
+    context_gb: float = typer.Option(
+        0.5, "--context-gb", help="sim and cuda: GB a card loses to the CUDA context."
+    ),
+    fragmentation: float = typer.Option(
+        0.10,
+        "--fragmentation",
+        help="sim: extra fraction for caching-allocator fragmentation (0.10 = 10 %).",
+    ),
+    cap: int = typer.Option(4096, "--cap", help="Largest batch size searched."),
+    iterations: int = typer.Option(
+        1,
+        "--iterations",
+        help="sim: fixed-point iterations per solve (the peak does not depend on it).",
+    ),
+    paper: bool = typer.Option(
+        True, "--paper/--no-paper", help="Show paper Table 3's numbers beside ours."
+    ),
+    paper_rounding: bool = typer.Option(
+        False,
+        "--paper-rounding",
+        help="Round our numbers as the paper does (largest even number, except 1).",
+    ),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", help="sim: worker processes (default: one per CPU core)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads per process (default: all cores)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Largest training batch that fits a GPU of N GB, per task and model (paper Table 3).
+
+    A binary search over the batch size; each probe runs one full training step of the model
+    `luser train` builds (forward, loss, backward, optimiser step).
+
+    cuda: on the GPU itself, capped at N GB. sim (any machine): on fake tensors, counting every
+    tensor's bytes, plus a stated allowance for the CUDA context and allocator.
+    """
+    from rich.console import Console
+
+    from luser_cli.errors import ConfigError
+    from luser_cli.memprobe.oracles import Allowance
+    from luser_cli.memprobe.probe import (
+        DEFAULT_CAPACITIES_GB,
+        DEFAULT_TASKS,
+        Timer,
+        check_request,
+        default_jobs,
+        machine_info,
+        resolve_backend,
+        rich_table,
+        run_probe,
+    )
+    from luser_cli.models.registry import MODEL_NAMES
+
+    set_threads(threads)
+    tasks, models, gbs = _split(task), _split(model), _split(gpu_gb)
+    _sort_extras(list(ctx.args), tasks, models, gbs)
+    capacities = [_gb(g) for g in gbs] or list(DEFAULT_CAPACITIES_GB)
+    tasks = list(dict.fromkeys(tasks)) or list(DEFAULT_TASKS)
+    models = list(dict.fromkeys(models)) or list(MODEL_NAMES)
+    capacities = list(dict.fromkeys(capacities))
+    if image_size is not None and image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8, got {image_size}")
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1, got {iterations}")
+    check_request(tasks, models, capacities, cap)
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    allowance = Allowance(context_gb=context_gb, fragmentation=fragmentation)
+    chosen = resolve_backend(backend)
+    n_jobs = jobs if jobs is not None else default_jobs(chosen, len(tasks) * len(models))
+    for path in (json_path, markdown_path):
+        if path is not None:
+            from luser_cli.io.atomic import check_writable
+
+            check_writable(path)
+
+    console = Console(stderr=True)
+    load_start = machine_info().get("load_average")
+    timer = Timer()
+    reporter = _RichReporter(console) if progress else None
+    try:
+        rows = run_probe(
+            tasks,
+            models,
+            capacities,
+            image_size=image_size,
+            backend=chosen,
+            allowance=allowance,
+            cap=cap,
+            iterations=iterations,
+            jobs=n_jobs,
+            reporter=reporter,
+        )
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    elapsed = timer.seconds
+    # a terminal gets its own width; files and pipes get the whole table, unwrapped
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out.print(rich_table(rows, paper=paper, rounding=paper_rounding))
+    console.print(f"[dim]{len(rows)} entries in {elapsed:.1f} s ({chosen} backend)[/dim]")
+
+    machine = machine_info()
+    if "load_average" in machine:
+        machine["load_average_start"] = load_start
+        machine["load_average_end"] = machine.pop("load_average")
+    meta = {
+        "command": _command_line(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "backend": chosen,
+        "allowance": allowance.as_dict() if chosen == "sim" else {"context_gb": context_gb},
+        "fixed_point_iterations": iterations if chosen == "sim" else None,
+        "jobs": n_jobs,
+        "elapsed_s": round(elapsed, 1),
+        "cpu_s": _cpu_seconds(),
+    }
+    if json_path is not None:
+        _write_text(json_path, json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    if markdown_path is not None:
+        _write_text(markdown_path, _markdown_document(meta, rows, paper, paper_rounding))
+
+
+def _cpu_seconds() -> float | None:
+    """User + system CPU seconds of this process and its finished workers (POSIX)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return round(total, 1)
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith(("luser", "__main__.py")) else None
+    if argv is None:
+        return "luser memprobe (called from Python)"
+    return "luser " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _markdown_document(
+    meta: dict[str, Any], rows: list[dict[str, Any]], paper: bool, rounding: bool
+) -> str:
+    from luser_cli.memprobe.probe import markdown_table
+
+    m = meta["machine"]
+    lines = [
+        "# luser memprobe: max training batch per GPU capacity",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, "
+        f"torch {m.get('torch')}" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
+        f"- backend: {meta['backend']}; allowance: "
+        + ", ".join(f"{k} = {v}" for k, v in meta["allowance"].items()),
+        f"- time: {meta['elapsed_s']} s wall, {meta['cpu_s']} s CPU, {meta['jobs']} worker(s)"
+        + (
+            f" (1/5/15-min load average at start {m['load_average_start']}, "
+            f"at end {m['load_average_end']})"
+            if "load_average_end" in m
+            else ""
+        ),
+        "",
+        markdown_table(rows, paper=paper, rounding=rounding),
+    ]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from luser_cli.io.atomic import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+class _RichReporter:
+    """A rich progress bar over the (task, model, capacity) entries."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def start(self, total: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task("memprobe", total=total)
+
+    def status(self, text: str) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, description=text)
+
+    def advance(self) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+    def stop(self) -> None:
+        self._progress.stop()
