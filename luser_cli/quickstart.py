@@ -51,7 +51,9 @@ def _sample_png(task: str, image_size: int, seed: int, path: Path) -> None:
     write_png(path, pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1))
 
 
-def run_quickstart(out: Path, settings: QuickstartSettings, progress: bool = True, log=print) -> dict[str, Any]:
+def run_quickstart(
+    out: Path, settings: QuickstartSettings, progress: bool = True, log=print
+) -> dict[str, Any]:
     """Run the whole job into ``out``; returns (and writes ``quickstart.json``) the summary."""
     from luser_cli.evaluation.figures import comparison_figure
     from luser_cli.evaluation.runner import Examples, evaluate
@@ -99,8 +101,10 @@ def run_quickstart(out: Path, settings: QuickstartSettings, progress: bool = Tru
     sample = out / "sample.png"
     scan = out / "sample_scan.h5"
     recon = out / "sample_recon.png"
-    log(f"3/3  luser simulate {sample} -t {s.task} -o {scan} && "
-        f"luser reconstruct {scan} -o {recon} --checkpoint {run}")
+    log(
+        f"3/3  luser simulate {sample} -t {s.task} -o {scan} && "
+        f"luser reconstruct {scan} -o {recon} --checkpoint {run}"
+    )
     _sample_png(s.task, s.image_size, s.seed, sample)
     simulate_file(sample, scan, task=s.task, seed=s.seed)
     rec = reconstruct_file(scan, recon, "model", options={"checkpoint": run}, progress=False)

@@ -22,7 +22,8 @@ from fixtures.cli import run_cli
 from luser_cli.training import checkpoint as ckpt
 
 RTOL = 1e-4  # per-step loss, DDP vs one process (observed: ~1e-7)
-ATOL_WEIGHTS = 1e-5  # final weights (observed: ~1e-6, Adam normalises tiny gradients)
+ATOL_WEIGHTS = 1e-4  # final weights after 4 Adam steps of lr 1e-3 (observed: ~1e-5; Adam
+# normalises near-zero gradients, so last-bit differences become ~1 % of one step's size)
 STEPS = 4
 PRESET = f"""
 task = "mri4x"

@@ -87,6 +87,8 @@ def test_tiny_lu_dncnn_gradcheck_end_to_end() -> None:
 def test_implicit_gradient_of_shallow_block_matches_unrolled_backprop() -> None:
     torch.manual_seed(0)
     block = ShallowEquilibriumBlock(1).double()
+    with torch.no_grad():  # a Jacobian far from 0 (still contractive), so JFB is visibly off
+        block.mix[4].weight.fill_(0.1)
     d = (torch.rand(2, 1, 12, 12, dtype=torch.float64) * 0.5).requires_grad_()
     tight = SolverConfig(max_iter=200, tol=1e-12)
     cfg = EquilibriumConfig(forward=tight, backward=tight)

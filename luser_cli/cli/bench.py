@@ -1,14 +1,135 @@
-"""``luser bench``."""
+"""``luser bench``: the paper's model comparison (Tables 2 and 4) at CPU scale."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.errors import NotBuiltError
+from luser_cli.cli.options import set_threads
+
+
+def _sort_extras(extras: list[str], tasks: list[str], models: list[str]) -> None:
+    """Values listed after --task/--model without repeating the flag land in ``ctx.args``."""
+    from luser_cli.cli.memprobe import _split
+    from luser_cli.errors import ConfigError
+    from luser_cli.models.registry import MODEL_NAMES
+    from luser_cli.tasks import TASK_NAMES
+
+    for part in _split(extras):
+        if part in TASK_NAMES:
+            tasks.append(part)
+        elif part in MODEL_NAMES:
+            models.append(part)
+        else:
+            raise ConfigError(f"unexpected argument {part!r} (not a task or a model)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Reproduce the paper's model comparison at CPU scale. [not built yet]"""
-    raise NotBuiltError("`luser bench` is not built yet: it needs training and evaluation")
+def bench(
+    ctx: typer.Context,
+    task: list[str] | None = typer.Option(
+        None, "--task", "-t", help="Tasks (default: deblur ct mri4x mri8x)."
+    ),
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="Models (default: lu-dncnn deq4ip luser-sw luser-dw)."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps per model (default 100)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Image side in pixels for training and test (default 32)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 4)."),
+    eval_images: int | None = typer.Option(
+        None, "--eval-images", help="Held-out built-in test images per task (default 16)."
+    ),
+    aux_loss: bool | None = typer.Option(
+        None,
+        "--aux-loss/--final-loss",
+        help="Train with the auxiliary loss on every x_k, or on the final output only (default).",
+    ),
+    both_losses: bool = typer.Option(
+        False, "--both-losses", help="Run every model with both losses (paper Table 2's columns)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for data, weights and order."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for the runs (default runs/bench, or runs/bench-quick)."
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Results JSON (default <out>/bench.json); .md and .png beside it."
+    ),
+    memprobe: str = typer.Option(
+        "reuse",
+        "--memprobe",
+        help="24 GB batch column: reuse examples/memprobe/results.json rows, sim (run now), off.",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Smoke run: ct and mri4x, 3 models, 8 steps at 24 px (minutes)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Reproduce the paper's model comparison (Tables 2 and 4) at CPU scale.
+
+    Trains every model alike (same data, budget and seed), evaluates on the same held-out
+    images, measure memory and cost; write JSON, a Markdown table shaped like paper Tables 2
+    and 4 (the paper's numbers beside ours) and a PSNR-vs-memory plot.
+
+    Finished cells are reused and interrupted ones resume when the same command is run again.
+    """
+    from rich.console import Console
+
+    from luser_cli.bench.machine import command_line
+    from luser_cli.bench.report import markdown_report, plot_report
+    from luser_cli.bench.runner import DEFAULTS, QUICK, run_bench
+    from luser_cli.cli.memprobe import _split
+    from luser_cli.io.atomic import atomic_write, check_writable
+
+    set_threads(threads)
+    tasks, models = _split(task), _split(model)
+    _sort_extras(list(ctx.args), tasks, models)
+    base = QUICK if quick else DEFAULTS
+    losses = ("final", "aux") if both_losses else (("aux",) if aux_loss else None)
+    settings = base.__class__(
+        tasks=tuple(dict.fromkeys(tasks)) or base.tasks,
+        models=tuple(dict.fromkeys(models)) or base.models,
+        losses=losses or base.losses,
+        steps=steps if steps is not None else base.steps,
+        image_size=image_size if image_size is not None else base.image_size,
+        batch_size=batch_size if batch_size is not None else base.batch_size,
+        eval_images=eval_images if eval_images is not None else base.eval_images,
+        seed=seed if seed is not None else base.seed,
+        out=out if out is not None else Path("runs/bench-quick" if quick else "runs/bench"),
+        device=device,
+        memprobe=memprobe,
+        quick=quick,
+    ).check()
+    json_file = json_path if json_path is not None else settings.out / "bench.json"
+    md_file = json_file.with_suffix(".md")
+    png_file = json_file.with_suffix(".png")
+    for path in (json_file, md_file, png_file):
+        check_writable(path, make_parents=True)
+
+    console = Console(stderr=True)
+
+    def write(run) -> None:
+        doc = run.as_dict()
+        with atomic_write(json_file, make_parents=True) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        with atomic_write(md_file, make_parents=True) as tmp:
+            tmp.write_text(markdown_report(doc), encoding="utf-8")
+
+    run = run_bench(
+        settings,
+        command=command_line(),
+        progress=progress,
+        log=lambda s: console.print(s, highlight=False, markup=False),
+        on_cell=write,
+    )
+    write(run)
+    plot_report(run.as_dict(), png_file)
+    console.print(f"wrote {json_file}, {md_file}, {png_file}", highlight=False, markup=False)

@@ -47,7 +47,8 @@ def quickstart(
         f"({e['model_minus_best_classical_db']:+.2f} dB); SSIM {e['model_ssim']:.3f}"
     )
     typer.echo(
-        f"total {s['seconds']['total'] / 60:.1f} min (training {s['seconds']['train'] / 60:.1f} min); "
+        f"total {s['seconds']['total'] / 60:.1f} min "
+        f"(training {s['seconds']['train'] / 60:.1f} min); "
         f"results in {out}: eval.json, comparison.png, run/training_curve.png, "
         f"sample_recon.png"
     )

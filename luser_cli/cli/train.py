@@ -70,7 +70,9 @@ def train(
     backward: str | None = typer.Option(
         None, "--backward", help="implicit (exact) or jfb (Jacobian-free, approximate)."
     ),
-    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast on CUDA."),
+    bf16: bool | None = typer.Option(
+        None, "--bf16/--no-bf16", help="bfloat16 autocast (CUDA, or CPUs with AMX / AVX-512 BF16)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:

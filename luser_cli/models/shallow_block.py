@@ -19,7 +19,7 @@ from luser_cli.models.spectral_norm import sn_conv
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.solvers.equilibrium import equilibrium
 
-GROUPS = 8
+DATA_GROUPS = 8  # GroupNorm groups in the data layer (4 channels each)
 SLOPE = 0.1
 
 
@@ -36,18 +36,23 @@ class ShallowEquilibriumBlock(nn.Module):
         self.inject = nn.Sequential(sn_conv(channels, f), _act(), sn_conv(f, f), _act())
         self.data = nn.Sequential(
             sn_conv(channels, f),
-            nn.GroupNorm(GROUPS, f),
+            nn.GroupNorm(DATA_GROUPS, f),
             _act(),
             sn_conv(f, f),
-            nn.GroupNorm(GROUPS, f),
+            nn.GroupNorm(DATA_GROUPS, f),
             _act(),
         )
+        # One channel per group in Mix. Its input holds large per-channel constant offsets (the
+        # data layer near r = 0 and the injection both carry them); a group of several channels
+        # normalises by a variance dominated by those offsets and squashes the spatial signal:
+        # measured, the block then does not learn past the initial estimate at all. Per-channel
+        # groups remove each channel's offset; same layers, same parameters as Table 1.
         self.mix = nn.Sequential(
             sn_conv(f2, f2),
-            nn.GroupNorm(GROUPS, f2),
+            nn.GroupNorm(f2, f2),
             _act(),
             sn_conv(f2, f2),
-            nn.GroupNorm(GROUPS, f2),
+            nn.GroupNorm(f2, f2),
             _act(),
             sn_conv(f2, channels),
         )
@@ -55,18 +60,34 @@ class ShallowEquilibriumBlock(nn.Module):
 
     @torch.no_grad()
     def _init_contractive(self) -> None:
-        """Start from a contractive map (initialisation only; the architecture is Table 1's).
+        """Start from a contractive map that barely changes its input (initialisation only;
+        the architecture is Table 1's).
 
-        GroupNorm right after the first data convolution normalises ``conv(r) + bias`` per group;
-        with PyTorch's small default biases and ``r`` near its start ``r(0) = 0`` it divides tiny
-        r-driven variations by their own tiny spread, and the map is expansive (measured
-        ``||J|| ~ 2``: Anderson does not converge). Unit-variance biases make the group
-        statistics come from a fixed offset instead, and a gain of 0.1 on the last GroupNorm of
-        Mix makes the block start as a small residual update: ``||J|| ~ 0.2-0.4`` and a fixed
-        point in 4-6 Anderson iterations at initialisation.
+        * GroupNorm right after the first data convolution normalises ``conv(r) + bias`` per
+          group; with PyTorch's small default biases and ``r`` near its start ``r(0) = 0`` it
+          divides tiny r-driven variations by their own tiny spread and the map is expansive
+          (measured ``||J|| ~ 2``: Anderson does not converge). Biases of standard deviation 3
+          make the group statistics come from a fixed offset instead (which is also why the
+          data layer keeps several channels per group).
+        * The residual must start small: every stage adds it to its input, so a residual of the
+          image's own size at initialisation is noise added eight times (measured: LUSER-SW
+          started at 19x the error of its initial estimate, and the first Adam step blew the
+          loss up 4x more). Spectral normalisation fixes the scale of every convolution, so
+          the output scale is set by the gain of the last GroupNorm of Mix: 0.01. Its kernels
+          are made zero-mean and its bias zero, so the LeakyReLU's non-zero mean does not
+          become a constant offset in every stage's output.
+
+        Measured on a fixed CT batch (32 px, 40 Adam steps at lr 1e-3): final MSE 0.0099 with
+        this start against 0.0148 with gain 0.1 and the default last layer (0.0125 at 0.03),
+        and the loss then falls from the first step instead of jumping up.
         """
-        self.data[0].bias.normal_(0.0, 1.0)
-        self.mix[4].weight.fill_(0.1)
+        self.data[0].bias.normal_(0.0, 3.0)
+        self.mix[4].weight.fill_(0.01)
+        last = self.mix[6]
+        w = last.parametrizations.weight.original
+        w.sub_(w.mean(dim=(2, 3), keepdim=True))
+        last.bias.zero_()
+        last.parametrizations.weight[0]._iterate(w.flatten(1), 30)
 
     def injection(self, d: Tensor) -> Tensor:
         """``u = Inject(d)``: ``(B, C, H, W) -> (B, 32, H, W)``."""

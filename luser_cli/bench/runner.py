@@ -1,0 +1,539 @@
+"""Run the paper comparison: every task x model x loss cell trained and evaluated alike.
+
+Each cell is one ``luser train`` run (:class:`~luser_cli.training.loop.Trainer`, the same code
+path as the command) with the task's shipped preset and the bench's image size, steps, batch
+size and seed, followed by ``luser eval`` (:func:`~luser_cli.evaluation.runner.evaluate`) on the
+same held-out built-in test images for every model, and a measurement of the training memory
+(:mod:`luser_cli.bench.memory`). Only the bench's own settings are overridden; learning rates,
+solvers and everything else come from the presets, identical for every model of a task.
+
+Cells write their run folder ``<out>/<task>-<model>-<loss>`` (checkpoints, ``metrics.jsonl``)
+and, once done, ``bench_cell.json``. A rerun with the same settings reuses finished cells and
+resumes interrupted trainings from their last checkpoint. A cell that fails (training diverged
+past its rollbacks, a solver error, ...) is recorded with its one-line reason and the bench
+goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from luser_cli.bench.paper import LOSSES
+from luser_cli.errors import ConfigError, LuserError
+from luser_cli.io.atomic import atomic_write
+from luser_cli.models.registry import MODEL_NAMES, check_model_name
+from luser_cli.tasks import TASK_NAMES, get_task
+from luser_cli.training.config import Preset, apply_overrides, preset_for_task
+
+__all__ = [
+    "CELL_FILE",
+    "DEFAULTS",
+    "QUICK",
+    "BenchSettings",
+    "cell_name",
+    "run_bench",
+    "run_cell",
+]
+
+CELL_FILE = "bench_cell.json"
+SCHEMA = "luser-bench/1"
+#: Models without stages have no auxiliary loss (paper Table 2 has no DEQ4IP aux column).
+NO_AUX_MODELS = frozenset({"deq4ip"})
+#: Built-in validation images per cell (one validation, after the last step).
+VAL_SIZE = 8
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to run; the defaults are the documented full run (see ``luser bench --help``)."""
+
+    tasks: tuple[str, ...] = TASK_NAMES
+    models: tuple[str, ...] = MODEL_NAMES
+    losses: tuple[str, ...] = ("final",)
+    steps: int = 100
+    image_size: int = 32
+    batch_size: int = 4
+    eval_images: int = 16
+    seed: int = 0
+    out: Path = Path("runs/bench")
+    device: str = "cpu"
+    memprobe: str = "reuse"
+    memprobe_results: Path | None = None
+    quick: bool = False
+
+    def check(self) -> BenchSettings:
+        """One-line errors for bad values; returns self."""
+        from luser_cli.bench.memory import MEMPROBE_MODES
+
+        if not self.tasks:
+            raise ConfigError("give at least one --task")
+        if not self.models:
+            raise ConfigError("give at least one --model")
+        for t in self.tasks:
+            get_task(t)
+        for m in self.models:
+            check_model_name(m)
+        if not self.losses:
+            raise ConfigError("give at least one loss")
+        for loss in self.losses:
+            if loss not in LOSSES:
+                raise ConfigError(f"unknown loss {loss!r}; choose final, aux or both")
+        for name, value, low in (
+            ("--steps", self.steps, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--eval-images", self.eval_images, 1),
+            ("--image-size", self.image_size, 8),
+        ):
+            if value < low:
+                raise ConfigError(f"{name} must be at least {low}, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.memprobe not in MEMPROBE_MODES:
+            raise ConfigError(
+                f"unknown --memprobe {self.memprobe!r}; choose one of: {', '.join(MEMPROBE_MODES)}"
+            )
+        return self
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        """``(task, model, loss)`` in run order (DEQ4IP has no auxiliary-loss cell)."""
+        return [
+            (t, m, loss)
+            for t in self.tasks
+            for loss in self.losses
+            for m in self.models
+            if not (loss == "aux" and m in NO_AUX_MODELS)
+        ]
+
+    def preset(self, task: str, loss: str) -> Preset:
+        """The task's shipped preset with the bench's settings (the only overrides)."""
+        return apply_overrides(
+            preset_for_task(task),
+            {
+                "image_size": self.image_size,
+                "train.steps": self.steps,
+                "train.batch_size": self.batch_size,
+                "train.seed": self.seed,
+                "train.aux_loss": loss == "aux",
+                "data.val_size": VAL_SIZE,
+            },
+        )
+
+    def cell_dir(self, task: str, model: str, loss: str) -> Path:
+        return self.out / cell_name(task, model, loss)
+
+    def train_command(self, task: str, model: str, loss: str) -> str:
+        """The ``luser train`` command that trains the same model into the same folder."""
+        return (
+            f"luser train --task {task} --model {model} --image-size {self.image_size} "
+            f"--steps {self.steps} --batch-size {self.batch_size} --seed {self.seed} "
+            f"--{'aux' if loss == 'aux' else 'final'}-loss --val-size {VAL_SIZE} "
+            f"--out {self.cell_dir(task, model, loss)}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("out", "memprobe_results"):
+            d[k] = None if d[k] is None else str(d[k])
+        for k in ("tasks", "models", "losses"):
+            d[k] = list(d[k])
+        d["val_size"] = VAL_SIZE
+        d["learning_rates"] = {t: preset_for_task(t).train.lr for t in self.tasks}
+        return d
+
+
+#: The documented full run and the ``--quick`` smoke run.
+DEFAULTS = BenchSettings()
+QUICK = BenchSettings(
+    tasks=("ct", "mri4x"),
+    models=("lu-dncnn", "deq4ip", "luser-dw"),
+    steps=8,
+    image_size=24,
+    batch_size=4,
+    eval_images=4,
+    quick=True,
+)
+
+
+def cell_name(task: str, model: str, loss: str) -> str:
+    return f"{task}-{model}-{loss}"
+
+
+# -- one cell -----------------------------------------------------------------------------------
+def _finite(v: Any) -> float | None:
+    """JSON-safe float (None for NaN / inf / missing)."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def training_stats(metrics_path: Path) -> dict[str, Any]:
+    """Per-step facts from a run's ``metrics.jsonl``: time per step (the first step, which
+    pays for allocations and lazy initialisation, excluded), solver iterations, operator
+    calls, losses, rollback events."""
+    rows: list[dict[str, Any]] = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    steps = [r for r in rows if "time_s" in r and "event" not in r]
+    timed = [r["time_s"] for r in steps if r.get("step", 0) > 1] or [r["time_s"] for r in steps]
+    tail = steps[-max(1, len(steps) // 10) :] if steps else []
+    val = [r for r in rows if r.get("split") == "val"]
+    out: dict[str, Any] = {
+        "steps_logged": len(steps),
+        "time_per_step_s": _mean(timed),
+        "time_per_step_std_s": float(np.std(timed)) if timed else None,
+        "time_first_step_s": steps[0]["time_s"] if steps else None,
+        "loss_first": _finite(steps[0]["loss"]) if steps else None,
+        "loss_last10pct": _mean([r["loss"] for r in tail]),
+        "train_psnr_last10pct": _mean([r["psnr"] for r in tail]),
+        "A_calls_per_step": _mean([r.get("A_calls") for r in steps]),
+        "At_calls_per_step": _mean([r.get("At_calls") for r in steps]),
+        "rollback_events": sum(1 for r in rows if r.get("event") == "rollback"),
+        "val_psnr": _finite(val[-1]["val_psnr"]) if val else None,
+        "val_ssim": _finite(val[-1]["val_ssim"]) if val else None,
+    }
+    for key in ("fp_forward_iters", "fp_backward_iters"):
+        if any(key in r for r in steps):
+            out[f"{key}_mean"] = _mean([r.get(key) for r in steps])
+            out[f"{key}_last10pct"] = _mean([r.get(key) for r in tail])
+    if any("fp_forward_residual_max" in r for r in steps):
+        out["fp_forward_residual_max"] = _finite(
+            max(r.get("fp_forward_residual_max", 0.0) for r in steps)
+        )
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, LuserError) else f"internal error: {type(e).__name__}: {text}"
+
+
+def _train(
+    settings: BenchSettings,
+    preset: Preset,
+    model: str,
+    run_dir: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train (or resume) the cell's run; returns the trainer's summary."""
+    from luser_cli.training import checkpoint as ckpt
+    from luser_cli.training.loop import Trainer
+
+    resume = any((run_dir / n).exists() for n in (ckpt.LAST, ckpt.PREV))
+    if resume:
+        stored = ckpt.stored_preset(run_dir)
+        if stored is not None and stored != preset.model_dump(mode="json"):
+            raise ConfigError(
+                f"{run_dir} holds a run with other settings; remove it or choose another --out"
+            )
+    trainer = Trainer(
+        preset, model, run_dir, device=settings.device, resume=resume, progress=progress, log=log
+    )
+    return trainer.run()
+
+
+def _evaluate(settings: BenchSettings, run_dir: Path) -> dict[str, Any]:
+    """``luser eval`` of the trained run on the bench's held-out built-in test images."""
+    from luser_cli.evaluation.runner import Examples, evaluate
+    from luser_cli.runs import load_trained
+    from luser_cli.training.loop import resolve_device
+
+    device = resolve_device(settings.device)
+    trained = load_trained(run_dir, device)
+    examples = Examples(limit=settings.eval_images)  # keeps every image's PSNR, for pairing
+    start = time.perf_counter()
+    result = evaluate(
+        trained,
+        data=None,
+        split="test",
+        n_images=settings.eval_images,
+        device=device,
+        examples=examples,
+    )
+    seconds = time.perf_counter() - start
+    metrics = result["metrics"]
+    best = result["best_classical"]
+    model = metrics["model"]
+    return {
+        "n_images": result["n_images"],
+        "checkpoint": result["checkpoint"],
+        "psnr": _finite(model["psnr"]),
+        "psnr_std": _finite(model["psnr_std"]),
+        "ssim": _finite(model["ssim"]),
+        "ssim_std": _finite(model["ssim_std"]),
+        "seconds_per_image": _finite(model["seconds_per_image"]),
+        "fp_forward_iterations_per_image": _finite(model.get("fp_forward_iterations_per_image")),
+        "operator_applications_per_image": _finite(model["operator_applications_per_image"]),
+        "psnr_per_image": [_finite(row.get("model")) for row in examples.psnr],
+        "best_classical": best,
+        "classical": {
+            name: {k: _finite(v) for k, v in m.items()}
+            for name, m in metrics.items()
+            if name != "model"
+        },
+        "classical_psnr_per_image": (
+            [_finite(row.get(best)) for row in examples.psnr] if best else []
+        ),
+        "model_minus_best_classical_db": _finite(result["model_minus_best_classical_db"]),
+        "eval_seconds": round(seconds, 2),
+    }
+
+
+def _cell_key(settings: BenchSettings, preset: Preset, model: str) -> dict[str, Any]:
+    """What a finished cell's results depend on (a rerun with the same key reuses them)."""
+    return {
+        "preset": preset.model_dump(mode="json"),
+        "model": model,
+        "eval_images": settings.eval_images,
+        "device": settings.device,
+        "memprobe": settings.memprobe,
+    }
+
+
+def _load_cell(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        return None
+    return data
+
+
+def run_cell(
+    settings: BenchSettings,
+    task: str,
+    model: str,
+    loss: str,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    sim_cache: dict[tuple[str, str], Any] | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and measure one cell; never raises for a failed training (the result
+    then has ``status: "failed"`` and a one-line ``reason``), except an interruption by
+    SIGINT/SIGTERM, which stops the bench (rerun to resume)."""
+    from luser_cli.bench.memory import measure_training_memory, sim_batch_24gb
+    from luser_cli.training.loop import TrainingInterrupted
+
+    run_dir = settings.cell_dir(task, model, loss)
+    preset = settings.preset(task, loss)
+    key = _cell_key(settings, preset, model)
+    done = _load_cell(run_dir / CELL_FILE, key)
+    if done is not None:
+        done["reused"] = True
+        return done
+    cell: dict[str, Any] = {
+        "task": task,
+        "model": model,
+        "loss": loss,
+        "status": "ok",
+        "reason": None,
+        "run_dir": str(run_dir),
+        "train_command": settings.train_command(task, model, loss),
+        "image_size": settings.image_size,
+        "lr": preset.train.lr,
+    }
+    start = time.perf_counter()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        summary = _train(settings, preset, model, run_dir, progress, log)
+        cell["parameters"] = summary["parameters"]
+        cell["train"] = {
+            "steps": summary["steps"],
+            "seconds": round(summary["seconds"], 2),
+            "rollbacks": summary["rollbacks"],
+            "fp_nonconverged": summary["fp_nonconverged"],
+            "best_val_psnr": _finite(summary["best_val_psnr"]),
+            **training_stats(run_dir / "metrics.jsonl"),
+        }
+        cell["eval"] = _evaluate(settings, run_dir)
+    except TrainingInterrupted:
+        raise
+    except Exception as e:
+        if os.environ.get("LUSER_DEBUG") and not isinstance(e, LuserError):
+            raise
+        cell["status"] = "failed"
+        cell["reason"] = _one_line(e)
+        log(f"  failed: {cell['reason']}")
+        _partial_training_facts(cell, run_dir)
+    try:
+        cell["memory"] = measure_training_memory(preset, model)
+        cell.setdefault("parameters", cell["memory"]["parameters"])
+        pair = (task, model)
+        if sim_cache is not None and pair in sim_cache:
+            cell["memory_sim_24gb"] = sim_cache[pair]
+        else:
+            sim = sim_batch_24gb(
+                task,
+                model,
+                settings.memprobe,
+                settings.memprobe_results,
+                parameters=cell["parameters"],
+            )
+            cell["memory_sim_24gb"] = sim
+            if sim_cache is not None:
+                sim_cache[pair] = sim
+    except Exception as e:
+        if os.environ.get("LUSER_DEBUG") and not isinstance(e, LuserError):
+            raise
+        cell["memory_error"] = _one_line(e)
+    cell["seconds_total"] = round(time.perf_counter() - start, 2)
+    cell["key"] = key
+    with atomic_write(run_dir / CELL_FILE, make_parents=True) as tmp:
+        tmp.write_text(json.dumps(cell, indent=2) + "\n", encoding="utf-8")
+    return cell
+
+
+def _partial_training_facts(cell: dict[str, Any], run_dir: Path) -> None:
+    """For a failed cell: what its ``metrics.jsonl`` holds (steps done, rollbacks)."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        stats = training_stats(path)
+        cell["train"] = {
+            k: stats[k] for k in ("steps_logged", "time_per_step_s", "rollback_events")
+        }
+
+
+# -- the whole bench ----------------------------------------------------------------------------
+@dataclass
+class BenchRun:
+    """Results so far; :meth:`as_dict` is the JSON document."""
+
+    settings: BenchSettings
+    command: str
+    machine: dict[str, Any]
+    started: str
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    finished: str | None = None
+    elapsed_s: float | None = None
+    complete: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        from luser_cli.bench.report import findings, paper_section, scale_section
+
+        return {
+            "schema": SCHEMA,
+            "command": self.command,
+            "date": self.started,
+            "finished": self.finished,
+            "elapsed_s": self.elapsed_s,
+            "complete": self.complete,
+            "machine": self.machine,
+            "settings": self.settings.as_dict(),
+            "scale": scale_section(self.settings),
+            "cells": [{k: v for k, v in c.items() if k != "key"} for c in self.cells],
+            "classical": classical_summary(self.cells),
+            "findings": findings(self.cells),
+            "paper": paper_section(self.settings),
+        }
+
+
+def classical_summary(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: the best classical method on the bench's test images (the same images and
+    measurements for every model; taken from the first evaluated cell of the task)."""
+    out: dict[str, Any] = {}
+    for c in cells:
+        ev = c.get("eval")
+        if c["task"] in out or not ev or not ev.get("best_classical"):
+            continue
+        best = ev["best_classical"]
+        m = ev["classical"][best]
+        out[c["task"]] = {
+            "method": best,
+            "psnr": m.get("psnr"),
+            "psnr_std": m.get("psnr_std"),
+            "ssim": m.get("ssim"),
+            "ssim_std": m.get("ssim_std"),
+            "seconds_per_image": m.get("seconds_per_image"),
+            "all": {
+                k: {"psnr": v.get("psnr"), "ssim": v.get("ssim")}
+                for k, v in ev["classical"].items()
+            },
+        }
+    return out
+
+
+def run_bench(
+    settings: BenchSettings,
+    *,
+    command: str = "luser bench (called from Python)",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    on_cell: Callable[[BenchRun], None] | None = None,
+) -> BenchRun:
+    """Run every cell of ``settings``; ``on_cell`` sees the results after each cell (to write
+    partial reports). Returns the finished run."""
+    from luser_cli.bench.machine import load_average, machine_info, now_iso
+
+    settings.check()
+    machine = machine_info()
+    machine["load_average_start"] = machine.pop("load_average")
+    machine["torch_threads"] = torch.get_num_threads()
+    run = BenchRun(settings=settings, command=command, machine=machine, started=now_iso())
+    start = time.perf_counter()
+    cells = settings.cells()
+    sim_cache: dict[tuple[str, str], Any] = {}
+    for i, (task, model, loss) in enumerate(cells, 1):
+        label = f"[{i}/{len(cells)}] {task} {model} {loss}-loss"
+        log(
+            f"{label}: {settings.steps} steps x batch {settings.batch_size} at "
+            f"{settings.image_size} px -> {settings.cell_dir(task, model, loss)}"
+        )
+        cell = run_cell(
+            settings, task, model, loss, progress=progress, log=log, sim_cache=sim_cache
+        )
+        if cell.get("memory_sim_24gb") is not None:
+            sim_cache[(task, model)] = cell["memory_sim_24gb"]
+        run.cells.append(cell)
+        log(f"{label}: {_cell_line(cell)}")
+        run.elapsed_s = round(time.perf_counter() - start, 1)
+        if on_cell is not None:
+            on_cell(run)
+    run.finished = now_iso()
+    run.elapsed_s = round(time.perf_counter() - start, 1)
+    run.machine["load_average_end"] = load_average()
+    run.complete = True
+    return run
+
+
+def _cell_line(cell: dict[str, Any]) -> str:
+    prefix = "reused; " if cell.get("reused") else ""
+    if cell["status"] != "ok":
+        return f"{prefix}FAILED: {cell['reason']}"
+    ev, tr = cell["eval"], cell["train"]
+    return (
+        f"{prefix}PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f} "
+        f"({ev['best_classical']} {ev['classical'][ev['best_classical']]['psnr']:.2f} dB); "
+        f"{tr['time_per_step_s']:.2f} s/step; {cell['seconds_total']:.0f} s"
+    )
+
+
+def replace_settings(settings: BenchSettings, **changes: Any) -> BenchSettings:
+    """``dataclasses.replace`` with the tuple fields accepting any sequence."""
+    for k in ("tasks", "models", "losses"):
+        if k in changes and changes[k] is not None:
+            changes[k] = tuple(dict.fromkeys(changes[k]))
+    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
