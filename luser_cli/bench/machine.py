@@ -43,6 +43,8 @@ def command_line(argv: list[str] | None = None, default: str = "luser bench") ->
     """The command as typed (``luser bench ...``), or ``default`` plus a note when called from
     Python (the settings in the JSON then say what ran)."""
     args = sys.argv if argv is None else argv
-    if args and os.path.basename(args[0]) in ("luser", "__main__.py", "luser_cli"):
+    sub = default.split()[-1]
+    named = bool(args) and os.path.basename(args[0]) in ("luser", "__main__.py", "luser_cli")
+    if named and len(args) > 1 and args[1] == sub:
         return "luser " + " ".join(shlex.quote(a) for a in args[1:])
     return f"{default} (called from Python)"

@@ -242,6 +242,11 @@ def _table4(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _times(ratio: float, fewer: str, more: str) -> str:
+    """``2.0x fewer`` for a ratio of 2, ``2.0x more`` for 0.5."""
+    return f"{ratio:.1f}x {fewer}" if ratio >= 1 else f"{1 / ratio:.1f}x {more}"
+
+
 def _findings_text(doc: dict[str, Any]) -> list[str]:
     lines = ["## Findings (computed from the cells above)", ""]
     for key, f in doc.get("findings", {}).items():
@@ -256,7 +261,9 @@ def _findings_text(doc: dict[str, Any]) -> list[str]:
                     f"{vs['std_db']:.2f}, better on {vs['wins']}/{vs['n']} images)"
                 )
             if e.get("parameter_ratio_lu_dncnn_over_this"):
-                parts.append(f"{e['parameter_ratio_lu_dncnn_over_this']:.1f}x fewer parameters")
+                parts.append(
+                    _times(e["parameter_ratio_lu_dncnn_over_this"], "fewer", "more") + " parameters"
+                )
             if e.get("time_per_step_ratio_vs_lu_dncnn"):
                 parts.append(
                     f"{e['time_per_step_ratio_vs_lu_dncnn']:.1f}x LU-DnCNN's time per step"
@@ -267,8 +274,8 @@ def _findings_text(doc: dict[str, Any]) -> list[str]:
                 )
             if e.get("operator_applications_ratio_deq4ip_over_this"):
                 parts.append(
-                    f"{e['operator_applications_ratio_deq4ip_over_this']:.1f}x fewer A/Aᵀ "
-                    "applications than DEQ4IP"
+                    _times(e["operator_applications_ratio_deq4ip_over_this"], "fewer", "more")
+                    + " A/Aᵀ applications than DEQ4IP"
                 )
             if e.get("minus_best_classical_db") is not None:
                 parts.append(f"{e['minus_best_classical_db']:+.2f} dB vs the best classical method")

@@ -1,0 +1,163 @@
+"""Micro-benchmark of the four models at the paper's image sizes (issue 3's performance check).
+
+For each task (CT 362 x 362, MRI 320 x 320 by default) and model, one real training step at
+batch 1 on this machine, built exactly as ``luser train`` builds it (preset solver settings,
+Adam, the MSE loss on the final output):
+
+* forward and backward wall time, and both divided by the K = 8 stages;
+* forward / backward fixed-point iterations per stage (mean over stages);
+* A and Aᵀ applications in the step;
+* peak training memory per sample: the peak of live tensor storage during the step (weights,
+  Adam state, batch and operator included), tracked with luser's memprobe tracker.
+
+Run::
+
+    python examples/model_microbench.py --json examples/model-microbench.json
+
+Timings depend on the machine and its load; the JSON records both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from luser_cli.bench.machine import load_average, machine_info, now_iso
+from luser_cli.data.sources import open_dataset
+from luser_cli.memprobe.oracles import _prime_optimizer
+from luser_cli.memprobe.tracker import StorageTracker
+from luser_cli.models.registry import MODEL_NAMES, count_parameters
+from luser_cli.training.batches import BatchMaker
+from luser_cli.training.config import apply_overrides, preset_for_task
+from luser_cli.training.step import build_optimizer, build_training_model, reconstruction_loss
+
+GIB = 2**30
+
+
+def one_step(task: str, model_name: str, size: int | None) -> dict:
+    preset = preset_for_task(task)
+    if size is not None:
+        preset = apply_overrides(preset, {"image_size": size})
+    torch.manual_seed(0)
+    maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), torch.device("cpu"))
+    model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
+    model.train()
+    optimizer = build_optimizer(model, preset.train)
+    _prime_optimizer(model, optimizer)
+    data = open_dataset(task, "train", preset.image_size, None, 0, size=1)
+    image, meta = data[0]
+    b = maker.make(image[None], {k: torch.as_tensor([v]) for k, v in meta.items()}, 0, 0)
+    tracker = StorageTracker()
+    tracker.track(
+        list(model.parameters()),
+        list(model.buffers()),
+        [s for st in optimizer.state.values() for s in st.values()],
+        [b.x, b.y, b.x0],
+        list(b.op.buffers()),
+    )
+    b.op.reset_counters()
+    with tracker:
+        optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        out = model(b.y, b.op, b.x0)
+        loss = reconstruction_loss(b.x, out, False)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        del out, loss
+    stages = getattr(model, "stages", 1)
+    recs = model.records
+    row = {
+        "task": task,
+        "model": model_name,
+        "image_size": preset.image_size,
+        "parameters": count_parameters(model),
+        "forward_s": round(t1 - t0, 3),
+        "backward_s": round(t2 - t1, 3),
+        "forward_s_per_stage": round((t1 - t0) / stages, 3),
+        "backward_s_per_stage": round((t2 - t1) / stages, 3),
+        "stages": stages,
+        "A_calls": b.op.calls_A,
+        "At_calls": b.op.calls_A_adjoint,
+        "peak_training_gib_per_sample": round(tracker.peak / GIB, 3),
+    }
+    if recs:
+        fwd = [float(r["forward_iterations"].float().mean()) for r in recs]
+        bwd = [
+            float(r["backward_iterations"].float().mean())
+            for r in recs
+            if "backward_iterations" in r
+        ]
+        row["fp_forward_iters_per_solve"] = round(sum(fwd) / len(fwd), 2)
+        row["fp_backward_iters_per_solve"] = round(sum(bwd) / len(bwd), 2) if bwd else None
+        row["fp_solves"] = len(recs)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["ct", "mri4x"])
+    ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
+    ap.add_argument("--image-size", type=int, default=None, help="default: the presets' sizes")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    start = now_iso()
+    load0 = load_average()
+    for task in args.tasks:
+        for m in args.models:
+            row = one_step(task, m, args.image_size)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    lu = {r["task"]: r for r in rows if r["model"] == "lu-dncnn"}
+    print(
+        "\n| task | model | params | fwd s/stage | bwd s/stage | FP iters fwd/bwd "
+        "| peak GiB/sample | LU-DnCNN / this |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = lu.get(r["task"])
+        peak = r["peak_training_gib_per_sample"]
+        ratio = f"{base['peak_training_gib_per_sample'] / peak:.1f}x" if base and peak else "–"
+        fwd, bwd = (
+            r.get("fp_forward_iters_per_solve", "–"),
+            r.get("fp_backward_iters_per_solve", "–"),
+        )
+        cells = [
+            f"{r['task']} {r['image_size']}",
+            r["model"],
+            f"{r['parameters']:,}",
+            str(r["forward_s_per_stage"]),
+            str(r["backward_s_per_stage"]),
+            f"{fwd} / {bwd}",
+            str(peak),
+            ratio,
+        ]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        doc = {
+            "command": "python examples/model_microbench.py "
+            + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+                for k, v in vars(args).items()
+                if v is not None
+            ),
+            "date": start,
+            "machine": {
+                **machine_info(),
+                "load_average_start": load0,
+                "load_average_end": load_average(),
+                "torch_threads": torch.get_num_threads(),
+            },
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
