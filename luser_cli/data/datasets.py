@@ -31,13 +31,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from luser_cli.data.phantoms import random_ellipses
-
-#: Peak attenuation of the built-in CT phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is about
-#: 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is bone
-#: everywhere and a 26 cm path attenuates the beam by e^-10 or more, so with LoDoPaB's 4096
-#: photons most detector bins count almost nothing: measured at 64 px, FBP 16.2 dB and TV
-#: 14.5 dB, a photon-starved problem; at 0.35, FBP 24.4 dB and TV 28.3 dB.
-CT_PHANTOM_MAX = 0.35
 from luser_cli.data.photos import photo_patch
 from luser_cli.data.splits import item_seed, normalize_split, select_split
 from luser_cli.data.transforms import resize_square, to_task_channels
@@ -46,6 +39,13 @@ from luser_cli.operators.masks import mask_seed
 from luser_cli.tasks import get_task, is_mri
 
 Item = tuple[Tensor, dict[str, Any]]
+
+#: Peak attenuation of the built-in CT phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is about
+#: 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is bone
+#: everywhere and a 26 cm path attenuates the beam by e^-10 or more, so with LoDoPaB's 4096
+#: photons most detector bins count almost nothing: measured at 64 px, FBP 16.2 dB and TV
+#: 14.5 dB, a photon-starved problem; at 0.35, FBP 24.4 dB and TV 28.3 dB.
+CT_PHANTOM_MAX = 0.35
 
 
 class TaskImageDataset(Dataset):
