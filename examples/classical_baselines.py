@@ -140,11 +140,12 @@ def ct_phantoms(size: int) -> dict[str, np.ndarray]:
     soft-tissue attenuation (max 0.35), an anatomical MRI slice as an attenuation map (max 0.4)."""
     from skimage.data import shepp_logan_phantom
 
+    from luser_cli.data.datasets import CT_PHANTOM_MAX
     from luser_cli.data.phantoms import random_ellipses
 
     out = {"shepp-logan": resize(shepp_logan_phantom(), (size, size), anti_aliasing=True)}
     for seed in (1, 2):
-        out[f"ellipses-{seed}"] = 0.35 * random_ellipses(size, seed).astype(np.float64)
+        out[f"ellipses-{seed}"] = CT_PHANTOM_MAX * random_ellipses(size, seed).astype(np.float64)
     out["anatomical-mri"] = 0.4 * anatomical(0, size)
     return out
 

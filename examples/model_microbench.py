@@ -27,13 +27,11 @@ from pathlib import Path
 import torch
 
 from luser_cli.bench.machine import load_average, machine_info, now_iso
-from luser_cli.data.sources import open_dataset
-from luser_cli.memprobe.oracles import _prime_optimizer
-from luser_cli.memprobe.tracker import StorageTracker
+from luser_cli.bench.memory import build_real_step
+from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES, count_parameters
-from luser_cli.training.batches import BatchMaker
 from luser_cli.training.config import apply_overrides, preset_for_task
-from luser_cli.training.step import build_optimizer, build_training_model, reconstruction_loss
+from luser_cli.training.step import reconstruction_loss
 
 GIB = 2**30
 
@@ -42,23 +40,9 @@ def one_step(task: str, model_name: str, size: int | None) -> dict:
     preset = preset_for_task(task)
     if size is not None:
         preset = apply_overrides(preset, {"image_size": size})
-    torch.manual_seed(0)
-    maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), torch.device("cpu"))
-    model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
-    model.train()
-    optimizer = build_optimizer(model, preset.train)
-    _prime_optimizer(model, optimizer)
-    data = open_dataset(task, "train", preset.image_size, None, 0, size=1)
-    image, meta = data[0]
-    b = maker.make(image[None], {k: torch.as_tensor([v]) for k, v in meta.items()}, 0, 0)
+    model, optimizer, b = build_real_step(preset, model_name, 1)
     tracker = StorageTracker()
-    tracker.track(
-        list(model.parameters()),
-        list(model.buffers()),
-        [s for st in optimizer.state.values() for s in st.values()],
-        [b.x, b.y, b.x0],
-        list(b.op.buffers()),
-    )
+    track_training_state(tracker, model, optimizer, b)
     b.op.reset_counters()
     with tracker:
         optimizer.zero_grad(set_to_none=True)

@@ -23,14 +23,7 @@ from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
 from luser_cli.physics import build_noise, build_operator, initial_estimate, simulate
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Identity(LinearOperator):

@@ -24,7 +24,7 @@ from luser_cli.memprobe.oracles import GIB, Allowance, CudaOracle, SimOracle, pr
 from luser_cli.memprobe.paper import paper_max_batch, paper_rounding
 from luser_cli.memprobe.probe import ROW_KEYS, probe_model
 from luser_cli.memprobe.search import max_batch
-from luser_cli.memprobe.tracker import StorageTracker
+from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES
 from luser_cli.training.batches import BatchMaker
 from luser_cli.training.step import (
@@ -34,16 +34,10 @@ from luser_cli.training.step import (
     forward_backward,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 32
 BATCH = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # -- (1) the search ------------------------------------------------------------------------------
@@ -149,13 +143,7 @@ def _real_step_peak(task: str, model_name: str, size: int, batch: int, iteration
         data.op.backend = "grid"
     del x
     tracker = StorageTracker(block_bytes=512)
-    tracker.track(
-        list(model.parameters()),
-        list(model.buffers()),
-        [s for state in opt.state.values() for s in state.values()],
-        [data.x, data.y, data.x0],
-        list(data.op.buffers()),
-    )
+    track_training_state(tracker, model, opt, data)
     with tracker:
         out, loss = forward_backward(model, opt, data, preset.train, torch.device("cpu"))
         clip_gradients(model, preset.train)

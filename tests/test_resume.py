@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,14 +51,6 @@ def write_preset(d: Path, steps: int = STEPS) -> Path:
     p = d / "tiny.toml"
     p.write_text(PRESET.format(steps=steps), encoding="utf-8")
     return p
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train_in_process(run: Path, *args: str | Path) -> tuple[int, str, str]:

@@ -18,17 +18,11 @@ from fixtures.cli import assert_clean_error, run_cli
 
 from luser_cli.training import checkpoint as ckpt
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TRAIN = ["train", "--task", "mri4x", "--threads", "1", "--no-progress"]
 SMALL = ["--image-size", "16", "--train-size", "8", "--val-size", "2"]
 FAST = ["--fp-max-iter", "4", "--bwd-max-iter", "4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rows(run: Path) -> list[dict]:

@@ -22,6 +22,8 @@ from luser_cli.training import checkpoint as ckpt
 from luser_cli.training.loop import FaultPlan, TrainingFailed
 from luser_cli.training.progress import TrainingProgress
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PRESET = """
 task = "mri4x"
 image_size = 16
@@ -38,14 +40,6 @@ train_size = 8
 val_size = 2
 """
 TRAIN = ["train", "--task", "mri4x", "--model", "luser-dw", "--threads", "1", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(

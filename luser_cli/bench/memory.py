@@ -25,9 +25,9 @@ import torch
 
 from luser_cli.memprobe.oracles import _prime_optimizer
 from luser_cli.memprobe.paper import paper_task
-from luser_cli.memprobe.tracker import StorageTracker
+from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import count_parameters
-from luser_cli.training.batches import BatchMaker
+from luser_cli.training.batches import Batch, BatchMaker
 from luser_cli.training.config import Preset
 from luser_cli.training.step import (
     build_optimizer,
@@ -52,36 +52,35 @@ MEMPROBE_MODES: tuple[str, ...] = ("reuse", "sim", "off")
 SIM_GPU_GB = 24.0
 
 
-def _step_peak(preset: Preset, model_name: str, batch: int) -> tuple[int, int, int]:
-    """``(peak bytes, bytes alive before the step, parameters)`` of one real training step."""
+def build_real_step(preset: Preset, model_name: str, batch: int) -> tuple[Any, Any, Batch]:
+    """``(model, optimizer, batch)`` on CPU exactly as ``luser train`` builds them for its first
+    step: the preset's model and solver, Adam with its state allocated, ``batch`` built-in
+    training images simulated through :class:`BatchMaker`."""
+    from luser_cli.data.sources import open_dataset
+
     torch.manual_seed(preset.train.seed)
-    device = torch.device("cpu")
-    maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), device)
+    maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), torch.device("cpu"))
     model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
     model.train()
     optimizer = build_optimizer(model, preset.train)
     _prime_optimizer(model, optimizer)  # Adam's state exists from the first real step on
-    from luser_cli.data.sources import open_dataset
-
     data = open_dataset(
         preset.task, "train", preset.image_size, None, preset.train.seed, size=batch
     )
     items = [data[i] for i in range(batch)]
     x = torch.stack([it[0] for it in items])
     meta = {k: torch.as_tensor([it[1][k] for it in items]) for k in items[0][1]}
-    b = maker.make(x, meta, epoch=0, seed=preset.train.seed)
-    del x, items
+    return model, optimizer, maker.make(x, meta, epoch=0, seed=preset.train.seed)
+
+
+def _step_peak(preset: Preset, model_name: str, batch: int) -> tuple[int, int, int]:
+    """``(peak bytes, bytes alive before the step, parameters)`` of one real training step."""
+    model, optimizer, b = build_real_step(preset, model_name, batch)
     tracker = StorageTracker()
-    tracker.track(
-        list(model.parameters()),
-        list(model.buffers()),
-        [s for state in optimizer.state.values() for s in state.values()],
-        [b.x, b.y, b.x0],
-        list(b.op.buffers()),
-    )
+    track_training_state(tracker, model, optimizer, b)
     before = tracker.live
     with tracker:
-        out, loss = forward_backward(model, optimizer, b, preset.train, device)
+        out, loss = forward_backward(model, optimizer, b, preset.train, torch.device("cpu"))
         clip_gradients(model, preset.train)
         optimizer.step()
         del out, loss

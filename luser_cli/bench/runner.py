@@ -160,6 +160,7 @@ QUICK = BenchSettings(
     image_size=24,
     batch_size=4,
     eval_images=4,
+    out=Path("runs/bench-quick"),
     quick=True,
 )
 
@@ -344,6 +345,8 @@ def run_cell(
     done = _load_cell(run_dir / CELL_FILE, key)
     if done is not None:
         done["reused"] = True
+        if sim_cache is not None and done.get("memory_sim_24gb") is not None:
+            sim_cache[(task, model)] = done["memory_sim_24gb"]
         return done
     cell: dict[str, Any] = {
         "task": task,
@@ -505,8 +508,6 @@ def run_bench(
         cell = run_cell(
             settings, task, model, loss, progress=progress, log=log, sim_cache=sim_cache
         )
-        if cell.get("memory_sim_24gb") is not None:
-            sim_cache[(task, model)] = cell["memory_sim_24gb"]
         run.cells.append(cell)
         log(f"{label}: {_cell_line(cell)}")
         run.elapsed_s = round(time.perf_counter() - start, 1)

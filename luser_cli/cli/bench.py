@@ -8,23 +8,7 @@ from pathlib import Path
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.cli.options import set_threads
-
-
-def _sort_extras(extras: list[str], tasks: list[str], models: list[str]) -> None:
-    """Values listed after --task/--model without repeating the flag land in ``ctx.args``."""
-    from luser_cli.cli.memprobe import _split
-    from luser_cli.errors import ConfigError
-    from luser_cli.models.registry import MODEL_NAMES
-    from luser_cli.tasks import TASK_NAMES
-
-    for part in _split(extras):
-        if part in TASK_NAMES:
-            tasks.append(part)
-        elif part in MODEL_NAMES:
-            models.append(part)
-        else:
-            raise ConfigError(f"unexpected argument {part!r} (not a task or a model)")
+from luser_cli.cli.options import set_threads, sort_extras, split_values
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -85,28 +69,25 @@ def bench(
 
     from luser_cli.bench.machine import command_line
     from luser_cli.bench.report import markdown_report, plot_report
-    from luser_cli.bench.runner import DEFAULTS, QUICK, run_bench
-    from luser_cli.cli.memprobe import _split
+    from luser_cli.bench.runner import DEFAULTS, QUICK, BenchRun, replace_settings, run_bench
     from luser_cli.io.atomic import atomic_write, check_writable
 
     set_threads(threads)
-    tasks, models = _split(task), _split(model)
-    _sort_extras(list(ctx.args), tasks, models)
-    base = QUICK if quick else DEFAULTS
-    losses = ("final", "aux") if both_losses else (("aux",) if aux_loss else None)
-    settings = base.__class__(
-        tasks=tuple(dict.fromkeys(tasks)) or base.tasks,
-        models=tuple(dict.fromkeys(models)) or base.models,
-        losses=losses or base.losses,
-        steps=steps if steps is not None else base.steps,
-        image_size=image_size if image_size is not None else base.image_size,
-        batch_size=batch_size if batch_size is not None else base.batch_size,
-        eval_images=eval_images if eval_images is not None else base.eval_images,
-        seed=seed if seed is not None else base.seed,
-        out=out if out is not None else Path("runs/bench-quick" if quick else "runs/bench"),
+    tasks, models = split_values(task), split_values(model)
+    sort_extras(list(ctx.args), tasks, models)
+    settings = replace_settings(
+        QUICK if quick else DEFAULTS,
+        tasks=tasks or None,
+        models=models or None,
+        losses=("final", "aux") if both_losses else (("aux",) if aux_loss else None),
+        steps=steps,
+        image_size=image_size,
+        batch_size=batch_size,
+        eval_images=eval_images,
+        seed=seed,
+        out=out,
         device=device,
         memprobe=memprobe,
-        quick=quick,
     ).check()
     json_file = json_path if json_path is not None else settings.out / "bench.json"
     md_file = json_file.with_suffix(".md")
@@ -116,12 +97,13 @@ def bench(
 
     console = Console(stderr=True)
 
-    def write(run) -> None:
+    def write(run: BenchRun) -> dict:
         doc = run.as_dict()
         with atomic_write(json_file, make_parents=True) as tmp:
             tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         with atomic_write(md_file, make_parents=True) as tmp:
             tmp.write_text(markdown_report(doc), encoding="utf-8")
+        return doc
 
     run = run_bench(
         settings,
@@ -130,6 +112,5 @@ def bench(
         log=lambda s: console.print(s, highlight=False, markup=False),
         on_cell=write,
     )
-    write(run)
-    plot_report(run.as_dict(), png_file)
+    plot_report(write(run), png_file)
     console.print(f"wrote {json_file}, {md_file}, {png_file}", highlight=False, markup=False)

@@ -12,19 +12,12 @@ from typing import Any
 import typer
 
 from luser_cli.cli.app import app
-from luser_cli.cli.options import set_threads
+from luser_cli.cli.options import set_threads, sort_extras, split_values
 
 _HELP_TAIL = (
     "Several values may follow one flag (--gpu-gb 8 10 24 --task ct deblur) or the flag may be "
     "repeated; commas work too."
 )
-
-
-def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out += [p for p in v.replace(",", " ").split() if p]
-    return out
 
 
 def _gb(text: str) -> float:
@@ -34,29 +27,6 @@ def _gb(text: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"--gpu-gb must be a number of GB, got {text!r}") from None
-
-
-def _sort_extras(extras: list[str], tasks: list[str], models: list[str], gbs: list[str]) -> None:
-    """Values listed after a flag without repeating it land in ``ctx.args``; their domains
-    (numbers, task names, model names) do not overlap, so each goes back to its flag."""
-    from luser_cli.errors import ConfigError
-    from luser_cli.models.registry import MODEL_NAMES
-    from luser_cli.tasks import TASK_NAMES
-
-    for token in extras:
-        for part in _split([token]):
-            if part in TASK_NAMES:
-                tasks.append(part)
-            elif part in MODEL_NAMES:
-                models.append(part)
-            else:
-                try:
-                    float(part)
-                except ValueError:
-                    raise ConfigError(
-                        f"unexpected argument {part!r} (not a task, a model or a number of GB)"
-                    ) from None
-                gbs.append(part)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -139,8 +109,8 @@ def memprobe(
     from luser_cli.models.registry import MODEL_NAMES
 
     set_threads(threads)
-    tasks, models, gbs = _split(task), _split(model), _split(gpu_gb)
-    _sort_extras(list(ctx.args), tasks, models, gbs)
+    tasks, models, gbs = split_values(task), split_values(model), split_values(gpu_gb)
+    sort_extras(list(ctx.args), tasks, models, gbs)
     capacities = [_gb(g) for g in gbs] or list(DEFAULT_CAPACITIES_GB)
     tasks = list(dict.fromkeys(tasks)) or list(DEFAULT_TASKS)
     models = list(dict.fromkeys(models)) or list(MODEL_NAMES)

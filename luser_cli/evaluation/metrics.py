@@ -29,13 +29,18 @@ def data_range(task: str, target: np.ndarray, volume_max: float | None = None) -
     return float(target.max() - target.min())
 
 
+def _in_float64(
+    task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(data range, target, prediction)``, the images in float64."""
+    return data_range(task, target, volume_max), target.astype(np.float64), pred.astype(np.float64)
+
+
 def psnr(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | None = None) -> float:
     """PSNR in dB of one image under the task's convention (``inf`` for an exact match)."""
-    rng = data_range(task, target, volume_max)
+    rng, t, p = _in_float64(task, target, pred, volume_max)
     if rng <= 0:
         return math.nan
-    t = target.astype(np.float64)
-    p = pred.astype(np.float64)
     if np.array_equal(t, p):
         return math.inf
     return float(peak_signal_noise_ratio(t, p, data_range=rng))
@@ -43,11 +48,9 @@ def psnr(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | No
 
 def ssim(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | None = None) -> float:
     """SSIM of one image under the task's convention (7x7 window, Gaussian off, as fastMRI)."""
-    rng = data_range(task, target, volume_max)
+    rng, t, p = _in_float64(task, target, pred, volume_max)
     if rng <= 0:
         return math.nan
-    t = target.astype(np.float64)
-    p = pred.astype(np.float64)
     win = min(7, *t.shape[-2:])
     win -= 1 - win % 2  # odd
     if t.shape[0] == 1:

@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_iter
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["StorageTracker"]
+__all__ = ["StorageTracker", "track_training_state"]
 
 #: Ops that never return a tensor (``tensor.device`` on a fake tensor is one such call).
 _NO_TENSOR_OUTPUT = frozenset({torch.ops.prim.device.default})
@@ -142,3 +142,15 @@ class StorageTracker(TorchDispatchMode):
             if isinstance(t, Tensor):
                 self._register(t)
         return out
+
+
+def track_training_state(tracker: StorageTracker, model: Any, optimizer: Any, batch: Any) -> None:
+    """Register everything alive before a training step: the model's parameters and buffers,
+    the optimiser's state, the batch (``x``, ``y``, ``x0``) and its operator's buffers."""
+    tracker.track(
+        list(model.parameters()),
+        list(model.buffers()),
+        [s for state in optimizer.state.values() for s in state.values()],
+        [batch.x, batch.y, batch.x0],
+        list(batch.op.buffers()),
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from luser_cli.models.spectral_norm import sn_conv
+from luser_cli.models.spectral_norm import power_iteration_, sn_conv
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.solvers.equilibrium import equilibrium
 
@@ -87,7 +87,7 @@ class ShallowEquilibriumBlock(nn.Module):
         w = last.parametrizations.weight.original
         w.sub_(w.mean(dim=(2, 3), keepdim=True))
         last.bias.zero_()
-        last.parametrizations.weight[0]._iterate(w.flatten(1), 30)
+        power_iteration_(last, 30)  # sigma's estimate for the changed kernels
 
     def injection(self, d: Tensor) -> Tensor:
         """``u = Inject(d)``: ``(B, C, H, W) -> (B, 32, H, W)``."""
