@@ -36,10 +36,15 @@ from luser_cli.training.step import reconstruction_loss
 GIB = 2**30
 
 
-def one_step(task: str, model_name: str, size: int | None) -> dict:
+def one_step(task: str, model_name: str, size: int | None, graph: str | None = None) -> dict:
     preset = preset_for_task(task)
+    overrides: dict = {}
     if size is not None:
-        preset = apply_overrides(preset, {"image_size": size})
+        overrides["image_size"] = size
+    if graph is not None:
+        overrides["solver.graph"] = graph
+    if overrides:
+        preset = apply_overrides(preset, overrides)
     model, optimizer, b = build_real_step(preset, model_name, 1)
     tracker = StorageTracker()
     track_training_state(tracker, model, optimizer, b)
@@ -61,6 +66,7 @@ def one_step(task: str, model_name: str, size: int | None) -> dict:
         "model": model_name,
         "image_size": preset.image_size,
         "parameters": count_parameters(model),
+        "fp_graph": None if model_name == "lu-dncnn" else preset.solver.graph,
         "forward_s": round(t1 - t0, 3),
         "backward_s": round(t2 - t1, 3),
         "forward_s_per_stage": round((t1 - t0) / stages, 3),
@@ -88,6 +94,9 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["ct", "mri4x"])
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
     ap.add_argument("--image-size", type=int, default=None, help="default: the presets' sizes")
+    ap.add_argument(
+        "--fp-graph", choices=["recompute", "keep"], default=None, help="default: the presets'"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -95,7 +104,7 @@ def main() -> None:
     load0 = load_average()
     for task in args.tasks:
         for m in args.models:
-            row = one_step(task, m, args.image_size)
+            row = one_step(task, m, args.image_size, args.fp_graph)
             rows.append(row)
             print(json.dumps(row), flush=True)
     lu = {r["task"]: r for r in rows if r["model"] == "lu-dncnn"}

@@ -149,6 +149,40 @@ def test_forward_saves_only_the_fixed_point_and_inputs(gen):
     assert saved[0] == saved[1]
 
 
+def test_keep_graph_same_gradient_more_memory(gen):
+    """``graph="keep"`` (torchdeq / paper layout) holds the block's graph from forward to
+    backward: the same gradient as the default recompute, and more saved tensors."""
+    step, inject, x, params, target = _problem(gen)
+    wrt = [x, *params]
+    grads, saved, calls = {}, {}, {}
+    for graph in ("recompute", "keep"):
+        nbytes, n_inject = 0, 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal nbytes
+            nbytes += t.untyped_storage().nbytes()
+            return t
+
+        def counted_inject(x: Tensor) -> Tensor:
+            nonlocal n_inject
+            n_inject += 1
+            return inject(x)
+
+        cfg = TIGHT.model_copy(update={"graph": graph})
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            z = equilibrium(step, counted_inject, (x,), params, torch.zeros_like(x), cfg)
+        saved[graph] = nbytes
+        before = n_inject
+        grads[graph] = _grads((z * target).sum(), wrt)
+        calls[graph] = (before, n_inject - before)
+    for g, r in zip(grads["keep"], grads["recompute"], strict=True):
+        assert _compare(g, r)[1] < 1e-12
+    assert saved["recompute"] == 2 * x.numel() * x.element_size()  # z*, x
+    assert saved["keep"] >= saved["recompute"] + 2 * x.numel() * x.element_size()  # + graph
+    # (injections in forward, in backward): keep builds the tracked one early, never recomputes
+    assert calls == {"recompute": (1, 1), "keep": (2, 0)}
+
+
 def test_record_stats(gen):
     step, inject, x, params, target = _problem(gen, batch=4)
     record: list = []

@@ -117,11 +117,13 @@ def test_tracker_counts_new_storages_once_and_frees_them(fake: bool) -> None:
 
 
 # -- (2) sim vs real ----------------------------------------------------------------------------
-def _real_step_peak(task: str, model_name: str, size: int, batch: int, iterations: int) -> int:
+def _real_step_peak(
+    task: str, model_name: str, size: int, batch: int, iterations: int, graph: str | None = None
+) -> int:
     """Peak of live tensor storage during a REAL training step on CPU (block_bytes 512), built
     the way ``luser train`` builds it (BatchMaker data path); everything alive before the step
     (model, optimiser state, batch, operator) is registered with the tracker."""
-    preset = probe_preset(task, size)
+    preset = probe_preset(task, size, graph)
     torch.manual_seed(0)
     maker = BatchMaker(task, size, preset.physics_model(), torch.device("cpu"))
     op0 = maker.operator()
@@ -176,6 +178,28 @@ def test_sim_peak_matches_real_for_mri_and_ct(task: str, size: int, model_name: 
     sim = oracle.simulate(BATCH)
     real = _real_step_peak(task, model_name, size, BATCH, oracle.iterations)
     assert abs(sim - real) <= 0.10 * real, (sim, real)
+
+
+@pytest.mark.parametrize("model_name", ["luser-dw", "deq4ip"])
+def test_keep_graph_sim_matches_real_and_costs_more(deblur_oracles, model_name: str) -> None:
+    """``--fp-graph keep`` (the paper's layout): the sim still matches a real step, and holding
+    the block's graph from forward to backward costs more per sample than recomputing it
+    (for LUSER's eight layers; DEQ4IP's single layer peaks in backward in both layouts)."""
+    keep = SimOracle(
+        "deblur", model_name, allowance=Allowance(), preset=probe_preset("deblur", SIZE, "keep")
+    )
+    sim = keep.simulate(BATCH)
+    real = _real_step_peak("deblur", model_name, SIZE, BATCH, keep.iterations, "keep")
+    assert abs(sim - real) <= 0.10 * real, (sim, real)
+    recompute = deblur_oracles[model_name]
+    per_sample = {
+        name: (o.simulate(BATCH) - o.static_bytes) / BATCH
+        for name, o in (("keep", keep), ("recompute", recompute))
+    }
+    if model_name == "luser-dw":  # eight stages' graphs alive at once
+        assert per_sample["keep"] > 1.5 * per_sample["recompute"], per_sample
+    else:  # one equilibrium: its peak is in backward, where the graph exists either way
+        assert per_sample["keep"] >= 0.99 * per_sample["recompute"], per_sample
 
 
 # -- (3) growth with the batch; LU-DnCNN vs LUSER -------------------------------------------------
@@ -329,6 +353,7 @@ def test_cli_writes_json_rows_and_a_table(tmp_path: Path) -> None:
     assert 0 < second["required_gb_at_max"] <= 2.0
     text = md.read_text()
     assert "| deblur (16 px) | #Params |" in text and "–" in text and "luser memprobe" in text
+    assert "`--fp-graph recompute`" in text and first["fp_graph"] is None  # LU-DnCNN: no DEQ
 
 
 @pytest.mark.parametrize(
@@ -341,6 +366,7 @@ def test_cli_writes_json_rows_and_a_table(tmp_path: Path) -> None:
         (["--gpu-gb", "eight"], "--gpu-gb"),
         (["--backend", "tpu"], "backend"),
         (["--context-gb", "-1"], "context"),
+        (["--fp-graph", "both"], "--fp-graph"),
         (["--task", "ct", "banana"], "unexpected argument"),
     ],
 )

@@ -118,9 +118,11 @@ def test_flags_override_preset_fields(tmp_path: Path) -> None:
         "[train]\nsteps = 3\nlr = 0.001\nseed = 1\n[data]\nval_size = 2\ntrain_size = 8\n"
     )
     run = tmp_path / "run"
-    ok([*TRAIN, *FAST, "--preset", preset, "--image-size", "16", "--steps", "1", "--out", run])
+    flags = ["--image-size", "16", "--steps", "1", "--fp-graph", "keep"]
+    ok([*TRAIN, *FAST, "--preset", preset, *flags, "--out", run])
     p = preset_of(run)
     assert p["image_size"] == 16 and p["train"]["steps"] == 1  # flags win
+    assert p["solver"]["graph"] == "keep"
     assert p["train"]["lr"] == 0.001 and p["model"]["stages"] == 2  # the rest from the file
     assert ckpt.load_checkpoint(run / ckpt.LAST)["image_size"] == 16
 

@@ -65,6 +65,7 @@ def info(
         table.add_row(
             "fixed-point solver",
             f"forward {f['method']} tol {f['tol']:g} max {f['max_iter']} m={f['history']}\n"
-            f"backward {s['backward_mode']}: {b['method']} tol {b['tol']:g} max {b['max_iter']}",
+            f"backward {s['backward_mode']}: {b['method']} tol {b['tol']:g} max {b['max_iter']}\n"
+            f"graph for backward: {s['graph']}",
         )
     console.print(table)

@@ -61,6 +61,14 @@ def memprobe(
         "--fragmentation",
         help="sim: extra fraction for caching-allocator fragmentation (0.10 = 10 %).",
     ),
+    fp_graph: str | None = typer.Option(
+        None,
+        "--fp-graph",
+        help=(
+            "What the equilibrium layers keep for backward: recompute (ours, default) or keep "
+            "(the graph of one block application, as torchdeq and the paper's code)."
+        ),
+    ),
     cap: int = typer.Option(4096, "--cap", help="Largest batch size searched."),
     iterations: int = typer.Option(
         1,
@@ -107,6 +115,7 @@ def memprobe(
         run_probe,
     )
     from luser_cli.models.registry import MODEL_NAMES
+    from luser_cli.solvers.config import FP_GRAPHS
 
     set_threads(threads)
     tasks, models, gbs = split_values(task), split_values(model), split_values(gpu_gb)
@@ -120,6 +129,8 @@ def memprobe(
     if iterations < 1:
         raise ConfigError(f"--iterations must be at least 1, got {iterations}")
     check_request(tasks, models, capacities, cap)
+    if fp_graph is not None and fp_graph not in FP_GRAPHS:
+        raise ConfigError(f"--fp-graph must be one of {', '.join(FP_GRAPHS)}, got {fp_graph!r}")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     allowance = Allowance(context_gb=context_gb, fragmentation=fragmentation)
@@ -147,6 +158,7 @@ def memprobe(
             iterations=iterations,
             jobs=n_jobs,
             reporter=reporter,
+            graph=fp_graph,
         )
     finally:
         if reporter is not None:
@@ -168,6 +180,7 @@ def memprobe(
         "backend": chosen,
         "allowance": allowance.as_dict() if chosen == "sim" else {"context_gb": context_gb},
         "fixed_point_iterations": iterations if chosen == "sim" else None,
+        "fp_graph": fp_graph or "recompute",
         "jobs": n_jobs,
         "elapsed_s": round(elapsed, 1),
         "cpu_s": _cpu_seconds(),
@@ -213,6 +226,7 @@ def _markdown_document(
         f"torch {m.get('torch')}" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
         f"- backend: {meta['backend']}; allowance: "
         + ", ".join(f"{k} = {v}" for k, v in meta["allowance"].items()),
+        f"- equilibrium layers (DEQ4IP, LUSER) for backward: `--fp-graph {meta['fp_graph']}`",
         f"- time: {meta['elapsed_s']} s wall, {meta['cpu_s']} s CPU, {meta['jobs']} worker(s)"
         + (
             f" (1/5/15-min load average at start {m['load_average_start']}, "

@@ -70,6 +70,11 @@ def train(
     backward: str | None = typer.Option(
         None, "--backward", help="implicit (exact) or jfb (Jacobian-free, approximate)."
     ),
+    fp_graph: str | None = typer.Option(
+        None,
+        "--fp-graph",
+        help="Equilibrium layers: recompute the block in backward (least memory) or keep its graph",
+    ),
     bf16: bool | None = typer.Option(
         None, "--bf16/--no-bf16", help="bfloat16 autocast (CUDA, or CPUs with AMX / AVX-512 BF16)."
     ),
@@ -144,6 +149,7 @@ def train(
             "solver.backward.tol": bwd_tol,
             "solver.backward.max_iter": bwd_max_iter,
             "solver.backward_mode": backward,
+            "solver.graph": fp_graph,
         }
         # --epochs alone must clear a step count set in the preset.
         unset = ["train.steps"] if epochs is not None and steps is None else []

@@ -155,12 +155,16 @@ class Oracle(Protocol):
 
 
 # -- presets ------------------------------------------------------------------------------------
-def probe_preset(task: str, image_size: int | None = None) -> Preset:
-    """The shipped preset of ``task``, at ``image_size`` if given."""
+def probe_preset(task: str, image_size: int | None = None, graph: str | None = None) -> Preset:
+    """The shipped preset of ``task``, at ``image_size`` and with the equilibrium layers'
+    ``solver.graph`` (``recompute`` or ``keep``) if given."""
     preset = preset_for_task(task)
+    overrides: dict[str, Any] = {}
     if image_size is not None and image_size != preset.image_size:
-        preset = apply_overrides(preset, {"image_size": int(image_size)})
-    return preset
+        overrides["image_size"] = int(image_size)
+    if graph is not None:
+        overrides["solver.graph"] = graph
+    return apply_overrides(preset, overrides) if overrides else preset
 
 
 def sim_equilibrium(cfg: EquilibriumConfig, iterations: int = SIM_ITERATIONS) -> EquilibriumConfig:

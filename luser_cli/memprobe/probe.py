@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from luser_cli.errors import ConfigError
-from luser_cli.memprobe.oracles import GIB, Allowance, CudaOracle, Oracle, SimOracle
+from luser_cli.memprobe.oracles import (
+    GIB,
+    Allowance,
+    CudaOracle,
+    Oracle,
+    SimOracle,
+    probe_preset,
+)
 from luser_cli.memprobe.paper import (
     paper_max_batch,
     paper_parameters,
@@ -93,13 +100,16 @@ def make_oracle(
     image_size: int | None,
     allowance: Allowance,
     iterations: int | None = None,
+    graph: str | None = None,
 ) -> Oracle:
-    """The oracle of ``backend`` (``sim`` or ``cuda``) for one task and model."""
+    """The oracle of ``backend`` (``sim`` or ``cuda``) for one task and model; ``graph``
+    overrides the preset's ``solver.graph`` (equilibrium models)."""
+    preset = probe_preset(task, image_size, graph)
     if backend == "sim":
         kwargs = {} if iterations is None else {"iterations": iterations}
-        return SimOracle(task, model, image_size, allowance=allowance, **kwargs)
+        return SimOracle(task, model, allowance=allowance, preset=preset, **kwargs)
     if backend == "cuda":
-        return CudaOracle(task, model, image_size, allowance=allowance)
+        return CudaOracle(task, model, allowance=allowance, preset=preset)
     raise ConfigError(f"unknown backend {backend!r}; choose sim or cuda")
 
 
@@ -155,6 +165,8 @@ def probe_model(
             "max_batch": r["max_batch"],
             "peak_gb_at_max": r["peak_gb_at_max"],
             "backend": oracle.backend,
+            # what the equilibrium layers keep from forward to backward (None: no such layer)
+            "fp_graph": None if oracle.model_name == "lu-dncnn" else oracle.preset.solver.graph,
             "image_size": oracle.image_size,
             "parameters": oracle.parameters,
             "max_batch_paper_rounding": paper_rounding(r["max_batch"]),
@@ -231,6 +243,7 @@ def run_probe(
     iterations: int | None = None,
     jobs: int = 1,
     reporter: Reporter | None = None,
+    graph: str | None = None,
 ) -> list[dict[str, Any]]:
     """The whole table: rows ordered by task, then model, then capacity (as given).
 
@@ -248,7 +261,7 @@ def run_probe(
         rows: list[dict[str, Any]] = []
         for task, model in pairs:
             reporter.status(f"{task} {model}: building the model")
-            oracle = make_oracle(chosen, task, model, image_size, allowance, iterations)
+            oracle = make_oracle(chosen, task, model, image_size, allowance, iterations, graph)
             rows.extend(probe_model(oracle, capacities_gb, cap, reporter))
             del oracle
         return rows
@@ -258,6 +271,7 @@ def run_probe(
         "allowance": allowance.as_dict(),
         "cap": cap,
         "iterations": iterations,
+        "graph": graph,
     }
     by_pair = _run_parallel(pairs, job, min(jobs, len(pairs)), reporter)
     return [row for pair in pairs for row in by_pair[pair]]
@@ -271,7 +285,7 @@ def _run_parallel(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from luser_cli.memprobe.oracles import prepare, probe_preset
+    from luser_cli.memprobe.oracles import prepare
 
     todo = sorted(pairs, key=lambda p: -_MODEL_COST.get(p[1], 1))
     prepared: dict[str, Any] = {}
@@ -346,8 +360,8 @@ def _worker_probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
     oracle = SimOracle(
         spec["task"],
         spec["model"],
-        spec["image_size"],
         allowance=Allowance(**spec["allowance"]),
+        preset=probe_preset(spec["task"], spec["image_size"], spec["graph"]),
         prepared=spec["prepared"],
         **kwargs,
     )

@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SolverName = Literal["anderson", "picard"]
+GraphMode = Literal["recompute", "keep"]
+#: The values of :attr:`EquilibriumConfig.graph`.
+FP_GRAPHS: tuple[str, ...] = ("recompute", "keep")
 
 
 class _Strict(BaseModel):
@@ -53,11 +56,19 @@ class EquilibriumConfig(_Strict):
     ``backward_mode="implicit"`` solves ``g = J^T g + grad`` (exact implicit gradient up to
     ``backward.tol``); ``"jfb"`` is Jacobian-free backprop (Fung et al. 2022), ``g = grad``: an
     approximation of the gradient that skips the backward solve.
+
+    ``graph`` says what the layer holds between forward and backward. ``"recompute"`` (ours,
+    the default) saves only ``z*`` and the inputs and recomputes the injection and one block
+    application in backward: the least memory. ``"keep"`` builds that application's graph in
+    the forward and keeps it until backward, as torchdeq and the DEQ code the paper builds on
+    do: no recomputation (a slightly faster backward) for several activation maps per layer.
+    Gradients are identical.
     """
 
     forward: SolverConfig = SolverConfig()
     backward: SolverConfig = SolverConfig()
     backward_mode: Literal["implicit", "jfb"] = "implicit"
+    graph: GraphMode = "recompute"
 
     def with_fixed_iterations(self, fixed: bool = True) -> EquilibriumConfig:
         """A copy whose forward and backward solves run exactly ``max_iter`` evaluations.

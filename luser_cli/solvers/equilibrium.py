@@ -10,6 +10,10 @@ backward solver, each iteration one vector-Jacobian product through ``fz``, and 
 ``(d fz / d (inputs, params))^T g``: the implicit-function-theorem gradient. In ``"jfb"`` mode
 ``g = grad_z`` (Jacobian-free backprop: an approximation, no backward solve).
 
+With ``cfg.graph == "keep"`` the forward instead builds ``u`` and ``fz`` with grad right after
+the solve and holds their graph until backward (torchdeq's and the paper's layout: more
+memory, no recomputation); the gradient is the same.
+
 Implemented as a ``torch.autograd.Function`` (a hook on the output that calls ``autograd.grad``
 through that same output would re-enter itself forever).
 """
@@ -117,6 +121,10 @@ class _Equilibrium(torch.autograd.Function):
         ctx.step, ctx.inject, ctx.cfg, ctx.entry, ctx.n_inputs = step, inject, cfg, entry, n_inputs
         ctx.params = tensors[n_inputs:]  # references to leaves: no memory, not saved tensors
         ctx.save_for_backward(z, *inputs)
+        ctx.kept = None
+        if cfg.graph == "keep":
+            input_needs = ctx.needs_input_grad[6 : 6 + n_inputs]
+            ctx.kept = _tracked_application(step, inject, z, inputs, input_needs)
         return z
 
     @staticmethod
@@ -128,12 +136,9 @@ class _Equilibrium(torch.autograd.Function):
         params: tuple[Tensor, ...] = ctx.params
         needs = ctx.needs_input_grad[6:]  # after step, inject, cfg, entry, n_inputs, z0
         input_needs, param_needs = needs[:n_inputs], needs[n_inputs:]
-        with torch.enable_grad():
-            z_ = z.detach().requires_grad_()
-            inputs_ = [
-                x.detach().requires_grad_(n) for x, n in zip(inputs, input_needs, strict=True)
-            ]
-            fz = ctx.step(z_, ctx.inject(*inputs_))
+        kept, ctx.kept = ctx.kept, None
+        z_, inputs_, fz = kept or _tracked_application(ctx.step, ctx.inject, z, inputs, input_needs)
+        del kept
         targets = [x for x, n in zip(inputs_, input_needs, strict=True) if n]
         targets += [p for p, n in zip(params, param_needs, strict=True) if n]
         if not fz.requires_grad:  # step/inject ignore everything that requires grad
@@ -154,6 +159,20 @@ class _Equilibrium(torch.autograd.Function):
 
         grads = iter(torch.autograd.grad(fz, targets, g, allow_unused=True))
         return (None,) * 6 + tuple(next(grads) if n else None for n in needs)
+
+
+def _tracked_application(
+    step: Callable[[Tensor, Tensor], Tensor],
+    inject: Callable[..., Tensor],
+    z: Tensor,
+    inputs: Sequence[Tensor],
+    input_needs: Sequence[bool],
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """``(z_, inputs_, fz)``: detached leaves and ``fz = step(z_, inject(*inputs_))`` with grad."""
+    with torch.enable_grad():
+        z_ = z.detach().requires_grad_()
+        inputs_ = [x.detach().requires_grad_(n) for x, n in zip(inputs, input_needs, strict=True)]
+        return z_, inputs_, step(z_, inject(*inputs_))
 
 
 def _check_declared(fz: Tensor, declared: Sequence[Tensor], limit: int = 100_000) -> None:
