@@ -28,23 +28,17 @@ import torch
 
 from luser_cli.bench.machine import load_average, machine_info, now_iso
 from luser_cli.bench.memory import build_real_step
+from luser_cli.memprobe.oracles import probe_preset
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
-from luser_cli.models.registry import MODEL_NAMES, count_parameters
-from luser_cli.training.config import apply_overrides, preset_for_task
+from luser_cli.models.registry import MODEL_NAMES, count_parameters, is_equilibrium_model
+from luser_cli.solvers.config import FP_GRAPHS
 from luser_cli.training.step import reconstruction_loss
 
 GIB = 2**30
 
 
 def one_step(task: str, model_name: str, size: int | None, graph: str | None = None) -> dict:
-    preset = preset_for_task(task)
-    overrides: dict = {}
-    if size is not None:
-        overrides["image_size"] = size
-    if graph is not None:
-        overrides["solver.graph"] = graph
-    if overrides:
-        preset = apply_overrides(preset, overrides)
+    preset = probe_preset(task, size, graph)
     model, optimizer, b = build_real_step(preset, model_name, 1)
     tracker = StorageTracker()
     track_training_state(tracker, model, optimizer, b)
@@ -66,7 +60,7 @@ def one_step(task: str, model_name: str, size: int | None, graph: str | None = N
         "model": model_name,
         "image_size": preset.image_size,
         "parameters": count_parameters(model),
-        "fp_graph": None if model_name == "lu-dncnn" else preset.solver.graph,
+        "fp_graph": preset.solver.graph if is_equilibrium_model(model_name) else None,
         "forward_s": round(t1 - t0, 3),
         "backward_s": round(t2 - t1, 3),
         "forward_s_per_stage": round((t1 - t0) / stages, 3),
@@ -94,9 +88,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["ct", "mri4x"])
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
     ap.add_argument("--image-size", type=int, default=None, help="default: the presets' sizes")
-    ap.add_argument(
-        "--fp-graph", choices=["recompute", "keep"], default=None, help="default: the presets'"
-    )
+    ap.add_argument("--fp-graph", choices=FP_GRAPHS, default=None, help="default: the presets'")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []

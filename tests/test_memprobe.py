@@ -206,8 +206,8 @@ def test_keep_graph_sim_matches_real_and_costs_more(deblur_oracles, model_name: 
 def test_sim_peak_grows_with_batch_and_lu_dncnn_costs_most(deblur_oracles) -> None:
     for name in ("lu-dncnn", "luser-sw"):
         oracle = deblur_oracles[name]
+        peaks = [oracle.simulate(b) for b in (1, BATCH)]  # the first sets static_bytes
         assert oracle.static_bytes is not None
-        peaks = [oracle.simulate(b) for b in (1, BATCH)]
         assert oracle.static_bytes < peaks[0] < peaks[1], (name, oracle.static_bytes, peaks)
     # per-sample bytes above the static part (parameters, gradients, Adam state)
     per_sample = {

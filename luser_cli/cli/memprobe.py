@@ -115,7 +115,7 @@ def memprobe(
         run_probe,
     )
     from luser_cli.models.registry import MODEL_NAMES
-    from luser_cli.solvers.config import FP_GRAPHS
+    from luser_cli.solvers.config import FP_GRAPHS, EquilibriumConfig
 
     set_threads(threads)
     tasks, models, gbs = split_values(task), split_values(model), split_values(gpu_gb)
@@ -180,7 +180,7 @@ def memprobe(
         "backend": chosen,
         "allowance": allowance.as_dict() if chosen == "sim" else {"context_gb": context_gb},
         "fixed_point_iterations": iterations if chosen == "sim" else None,
-        "fp_graph": fp_graph or "recompute",
+        "fp_graph": fp_graph or EquilibriumConfig().graph,
         "jobs": n_jobs,
         "elapsed_s": round(elapsed, 1),
         "cpu_s": _cpu_seconds(),

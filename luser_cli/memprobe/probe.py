@@ -37,7 +37,7 @@ from luser_cli.memprobe.paper import (
     paper_rounding,
 )
 from luser_cli.memprobe.search import DEFAULT_CAP, max_batch
-from luser_cli.models.registry import MODEL_NAMES, check_model_name
+from luser_cli.models.registry import MODEL_NAMES, check_model_name, is_equilibrium_model
 from luser_cli.tasks import get_task
 
 __all__ = [
@@ -166,7 +166,9 @@ def probe_model(
             "peak_gb_at_max": r["peak_gb_at_max"],
             "backend": oracle.backend,
             # what the equilibrium layers keep from forward to backward (None: no such layer)
-            "fp_graph": None if oracle.model_name == "lu-dncnn" else oracle.preset.solver.graph,
+            "fp_graph": (
+                oracle.preset.solver.graph if is_equilibrium_model(oracle.model_name) else None
+            ),
             "image_size": oracle.image_size,
             "parameters": oracle.parameters,
             "max_batch_paper_rounding": paper_rounding(r["max_batch"]),

@@ -22,6 +22,11 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def is_equilibrium_model(name: str) -> bool:
+    """Whether model ``name`` has equilibrium (fixed-point) layers: all but LU-DnCNN."""
+    return check_model_name(name) != "lu-dncnn"
+
+
 def check_model_name(name: str) -> str:
     if name not in MODEL_NAMES:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")

@@ -7,14 +7,14 @@ backward solve (``g = J^T g + grad``), in the style of torchdeq's ``f_*`` / ``b_
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SolverName = Literal["anderson", "picard"]
 GraphMode = Literal["recompute", "keep"]
 #: The values of :attr:`EquilibriumConfig.graph`.
-FP_GRAPHS: tuple[str, ...] = ("recompute", "keep")
+FP_GRAPHS: tuple[str, ...] = get_args(GraphMode)
 
 
 class _Strict(BaseModel):
