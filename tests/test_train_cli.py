@@ -9,6 +9,7 @@ unknown keys or bad values rejected naming the field; flags override preset fiel
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def deq_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "run"
     before = torch.get_num_threads()
     flags = ["--steps", "4", "--batch-size", "2", "--lr", "0.002", "--aux-loss", "--seed", "7"]
-    flags += ["--device", "cpu", "--save-every", "3"]
+    flags += ["--device", "cpu", "--save-every", "3", "--warmup-steps", "2"]
     ok([*TRAIN, *SMALL, *FAST, "--model", "luser-dw", *flags, "--out", out])
     torch.set_num_threads(before)
     return out
@@ -74,10 +75,14 @@ def test_flags_reach_the_preset_and_the_run(deq_run: Path) -> None:
     assert p["image_size"] == 16
     t = p["train"]
     assert (t["steps"], t["batch_size"], t["lr"], t["seed"], t["save_every"]) == (4, 2, 0.002, 7, 3)
+    assert t["warmup_steps"] == 2
     assert t["aux_loss"] is True
     train_rows = [r for r in rows(deq_run) if "loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
-    assert train_rows[0]["lr"] == pytest.approx(0.002)  # cosine schedule starts at --lr
+    # --warmup-steps 2: half of --lr on the first step, then the cosine schedule from --lr.
+    lrs = [r["lr"] for r in train_rows]
+    cosine = [0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
+    assert lrs == pytest.approx([0.002 * w * c for w, c in zip([0.5, 1, 1, 1], cosine)])
     # --save-every 3: saved at step 3 and at the end (4, also the one validation: best).
     assert ckpt.load_checkpoint(deq_run / ckpt.LAST)["step"] == 4
     assert ckpt.load_checkpoint(deq_run / ckpt.PREV)["step"] == 3

@@ -32,6 +32,9 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
     image_size: int | None = typer.Option(None, "--image-size", help="Image side in pixels."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    warmup_steps: int | None = typer.Option(
+        None, "--warmup-steps", help="Linear learning-rate warm-up steps (0: none)."
+    ),
     aux_loss: bool | None = typer.Option(
         None,
         "--aux-loss/--final-loss",
@@ -136,6 +139,7 @@ def train(
             "train.epochs": epochs,
             "train.batch_size": batch_size,
             "train.lr": lr,
+            "train.warmup_steps": warmup_steps,
             "train.aux_loss": aux_loss,
             "train.seed": seed,
             "train.save_every": save_every,

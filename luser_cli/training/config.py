@@ -40,6 +40,9 @@ class TrainSettings(_Section):
     lr: float = Field(1e-4, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["none", "cosine"] = "cosine"
+    warmup_steps: int = Field(
+        0, ge=0, description="linear learning-rate warm-up from lr / warmup_steps over these steps"
+    )
     epochs: int = Field(50, ge=1)
     steps: int | None = Field(None, ge=1, description="if set, overrides epochs")
     batch_size: int = Field(4, ge=1, le=4096)
