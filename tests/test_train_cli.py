@@ -82,7 +82,9 @@ def test_flags_reach_the_preset_and_the_run(deq_run: Path) -> None:
     # --warmup-steps 2: half of --lr on the first step, then the cosine schedule from --lr.
     lrs = [r["lr"] for r in train_rows]
     cosine = [0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
-    assert lrs == pytest.approx([0.002 * w * c for w, c in zip([0.5, 1, 1, 1], cosine)])
+    assert lrs == pytest.approx(
+        [0.002 * w * c for w, c in zip([0.5, 1, 1, 1], cosine, strict=True)]
+    )
     # --save-every 3: saved at step 3 and at the end (4, also the one validation: best).
     assert ckpt.load_checkpoint(deq_run / ckpt.LAST)["step"] == 4
     assert ckpt.load_checkpoint(deq_run / ckpt.PREV)["step"] == 3
