@@ -111,15 +111,33 @@ def simulate(
     return op.restrict(y) if hasattr(op, "restrict") else y
 
 
-def initial_estimate(task: str | TaskSpec, op: LinearOperator, y: Tensor) -> Tensor:
-    """``x0``: ``y`` for deblurring, ``A^T y / ||A||^2`` for CT and MRI.
+#: Initial estimates a preset may choose (``model.initial``).
+INITIAL_ESTIMATES: tuple[str, ...] = ("auto", "adjoint", "fbp")
 
-    The adjoint is divided by ``||A||_2^2`` (exactly 1 for the orthonormal MRI operator) so that
-    the CT back-projection lands on the image's intensity scale; this is one gradient step from
-    zero with step ``1 / ||A||^2`` and keeps the paper's "adjoint initialisation".
+
+def initial_estimate(
+    task: str | TaskSpec, op: LinearOperator, y: Tensor, kind: str = "auto"
+) -> Tensor:
+    """``x0`` ``(B, C, H, W)`` from measurements ``y``.
+
+    ``auto`` is the paper's: ``y`` for deblurring, ``A^T y / ||A||^2`` for CT and MRI. The
+    adjoint is divided by ``||A||_2^2`` (exactly 1 for the orthonormal MRI operator) so that the
+    CT back-projection lands on the image's intensity scale; this is one gradient step from zero
+    with step ``1 / ||A||^2``. ``adjoint`` forces that form; ``fbp`` (CT only) is the Hann
+    filtered back-projection, the initialisation the paper notes other CT work uses.
     """
     spec = get_task(task) if isinstance(task, str) else task
-    if spec.initial_estimate == "measurement":
+    if kind not in INITIAL_ESTIMATES:
+        raise ConfigError(
+            f"unknown initial estimate {kind!r}; choose one of: {', '.join(INITIAL_ESTIMATES)}"
+        )
+    if kind == "fbp":
+        if spec.name != "ct":
+            raise ConfigError(f"initial estimate 'fbp' needs task ct, not {spec.name}")
+        from luser_cli.operators.fbp import filtered_back_projection
+
+        return filtered_back_projection(op, y, filter="hann")  # type: ignore[arg-type]
+    if kind == "auto" and spec.initial_estimate == "measurement":
         return y
     return op.A_adjoint(y) / op.norm_sq()
 

@@ -108,7 +108,8 @@ def _model_factory(task: str, options: dict[str, Any]) -> Method:
 
     def method(task: str, op: LinearOperator, y: Tensor) -> Tensor:
         y_n = y / scale
-        return trained.model(y_n, op, initial_estimate(task, op, y_n)) * scale
+        x0 = initial_estimate(task, op, y_n, trained.preset.model.initial)
+        return trained.model(y_n, op, x0) * scale
 
     return method
 

@@ -198,6 +198,22 @@ def test_simple_methods() -> None:
     assert torch.allclose(reconstruct_classical("adjoint", "deblur", op, y), op.A_adjoint(y))
 
 
+def test_initial_estimates() -> None:
+    """auto = the paper's (y for deblur, scaled adjoint otherwise); fbp = the classical FBP."""
+    op, _, y = simulated("ct", 16)
+    fbp = reconstruct_classical("fbp", "ct", op, y)
+    assert torch.allclose(initial_estimate("ct", op, y, "fbp"), fbp)
+    assert torch.allclose(initial_estimate("ct", op, y, "adjoint"), initial_estimate("ct", op, y))
+    assert not torch.allclose(initial_estimate("ct", op, y), fbp)
+    op, _, y = simulated("deblur", 16)
+    assert torch.equal(initial_estimate("deblur", op, y), y)
+    assert torch.allclose(initial_estimate("deblur", op, y, "adjoint"), op.A_adjoint(y))
+    with pytest.raises(ConfigError, match="'fbp' needs task ct"):
+        initial_estimate("deblur", op, y, "fbp")
+    with pytest.raises(ConfigError, match="unknown initial estimate 'sirt'"):
+        initial_estimate("deblur", op, y, "sirt")
+
+
 def test_method_registry() -> None:
     assert CLASSICAL_METHODS == ("input", "adjoint", "fbp", "zero-filled", "tv")
     assert methods_for("ct") == ("adjoint", "fbp", "tv")

@@ -197,3 +197,28 @@ def test_train_and_eval_on_real_formats(tmp_path: Path, task: str, maker) -> Non
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["data"] == str(data) and result["n_images"] >= 1
     assert np.isfinite(result["metrics"]["model"]["psnr"])
+
+
+def test_fbp_initial_estimate_is_trained_stored_and_used_by_reconstruct(tmp_path: Path) -> None:
+    """``--initial fbp`` (CT): stored in the run's preset, and reconstruct starts from the FBP."""
+    import torch
+
+    from luser_cli.operators.fbp import filtered_back_projection
+    from luser_cli.physics import build_noise, build_operator, simulate
+    from luser_cli.reconstruct import get_method
+    from luser_cli.runs import load_trained
+
+    run = tmp_path / "ct"
+    train(run, "ct", "luser-dw", 16, "--initial", "fbp")
+    trained = load_trained(run, "cpu")
+    assert trained.preset.model.initial == "fbp"
+    op = build_operator("ct", 16)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = simulate(op, build_noise("ct"), x, torch.Generator().manual_seed(1))
+    method = get_method("model", "ct", {"checkpoint": run})
+    with torch.no_grad():
+        got = method("ct", op, y)
+        want = trained.model(y, op, filtered_back_projection(op, y, filter="hann"))
+        adjoint_start = trained.model(y, op, op.A_adjoint(y) / op.norm_sq())
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, adjoint_start)

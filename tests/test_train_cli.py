@@ -154,6 +154,7 @@ def test_resume_flag_continues_a_run(tmp_path: Path) -> None:
         ('task = "mri4x"\nimage_size = 16\n[solver.forward]\ntol = "x"\n', "solver.forward.tol"),
         ('task = "mri4x"\nimage_size = 16\n[physics]\nacceleration = 0\n', "physics"),
         ('task = "ct"\nimage_size = 16\n', "is for task 'ct', not 'mri4x'"),
+        ('task = "mri4x"\nimage_size = 16\n[model]\ninitial = "fbp"\n', "'fbp' needs task ct"),
         ('task = "mri4x"\nimage_size = 16\n[train\n', "not valid TOML"),
     ],
 )
@@ -172,6 +173,9 @@ def test_bad_preset_file_is_rejected_naming_the_field(
     [
         (["--batch-size", "0"], "train.batch_size"),
         (["--lr", "5"], "train.lr"),
+        (["--warmup-steps", "-1"], "train.warmup_steps"),
+        (["--initial", "fbp"], "model.initial 'fbp' needs task ct, not mri4x"),
+        (["--initial", "sirt"], "model.initial"),
         (["--steps", "0"], "train.steps"),
         (["--image-size", "2"], "image_size"),
         (["--save-every", "-1"], "train.save_every"),

@@ -59,7 +59,7 @@ def build_real_step(preset: Preset, model_name: str, batch: int) -> tuple[Any, A
     from luser_cli.data.sources import open_dataset
 
     torch.manual_seed(preset.train.seed)
-    maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), torch.device("cpu"))
+    maker = BatchMaker.for_preset(preset, torch.device("cpu"))
     model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
     model.train()
     optimizer = build_optimizer(model, preset.train)

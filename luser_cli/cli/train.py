@@ -35,6 +35,11 @@ def train(
     warmup_steps: int | None = typer.Option(
         None, "--warmup-steps", help="Linear learning-rate warm-up steps (0: none)."
     ),
+    initial: str | None = typer.Option(
+        None,
+        "--initial",
+        help="Initial estimate: auto (the paper's), adjoint, or fbp (CT).",
+    ),
     aux_loss: bool | None = typer.Option(
         None,
         "--aux-loss/--final-loss",
@@ -141,6 +146,7 @@ def train(
             "train.lr": lr,
             "train.warmup_steps": warmup_steps,
             "train.aux_loss": aux_loss,
+            "model.initial": initial,
             "train.seed": seed,
             "train.save_every": save_every,
             "train.val_every": val_every,

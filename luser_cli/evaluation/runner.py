@@ -73,7 +73,7 @@ def evaluate(
         size = preset.data.test_size if split == "test" else preset.data.val_size
     dataset = open_dataset(task, split, preset.image_size, data, preset.train.seed, size=size)
     count = len(dataset) if n_images is None else min(n_images, len(dataset))
-    maker = BatchMaker(task, preset.image_size, preset.physics_model(), device)
+    maker = BatchMaker.for_preset(preset, device)
     vmax = mri_volume_max(dataset)
     chosen = list(methods) if methods is not None else list(methods_for(task))
     scores = {name: MethodScores() for name in ["model", *chosen]}

@@ -573,7 +573,7 @@ class SimOracle:
                 y = op.A(x)
                 if hasattr(op, "restrict"):
                     y = op.restrict(y)
-                x0 = initial_estimate(self.task, op, y)
+                x0 = initial_estimate(self.task, op, y, self.preset.model.initial)
             data = Batch(x=x, y=y, x0=x0, op=op)
             del x, y, x0
             output, loss = forward_backward(model, optimizer, data, train, torch.device("cpu"))
@@ -651,7 +651,7 @@ class CudaOracle:
 
         preset = self.preset
         torch.cuda.set_per_process_memory_fraction(1.0, self.device)
-        maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), self.device)
+        maker = BatchMaker.for_preset(preset, self.device)
         model = build_training_model(preset, self.model_name, 1.0 / maker.norm_sq()).to(self.device)
         model.train()
         optimizer = build_optimizer(model, preset.train)

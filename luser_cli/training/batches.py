@@ -8,6 +8,7 @@ a batch is the same whatever the batching, sharding or resume point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +23,9 @@ from luser_cli.physics import (
     simulate_seeded,
 )
 from luser_cli.tasks import MRIPhysics, Physics, get_task
+
+if TYPE_CHECKING:
+    from luser_cli.training.config import Preset
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -40,8 +44,16 @@ class Batch:
 class BatchMaker:
     """Builds operators once (per mask for MRI) and simulates batches on ``device``."""
 
-    def __init__(self, task: str, image_size: int, physics: Physics, device: torch.device) -> None:
+    def __init__(
+        self,
+        task: str,
+        image_size: int,
+        physics: Physics,
+        device: torch.device,
+        initial: str = "auto",
+    ) -> None:
         self.task = get_task(task)
+        self.initial = initial
         self.image_size = image_size
         self.physics = physics
         self.device = device
@@ -49,6 +61,13 @@ class BatchMaker:
         self._fixed_op: LinearOperator | None = None
         if not isinstance(physics, MRIPhysics):
             self._fixed_op = build_operator(self.task, image_size, physics).to(device)
+
+    @classmethod
+    def for_preset(cls, preset: Preset, device: torch.device) -> BatchMaker:
+        """The batch maker of a resolved preset (its task, size, physics and initial estimate)."""
+        return cls(
+            preset.task, preset.image_size, preset.physics_model(), device, preset.model.initial
+        )
 
     def operator(self, mask_seeds: list[int] | None = None) -> LinearOperator:
         """The operator for a batch (per-item masks for MRI)."""
@@ -69,7 +88,7 @@ class BatchMaker:
         op = self.operator(mask_seeds)
         with torch.no_grad():
             y = simulate_seeded(op, self.noise, x, [item_seed(seed, epoch, i) for i in index])
-            x0 = initial_estimate(self.task, op, y)
+            x0 = initial_estimate(self.task, op, y, self.initial)
         return Batch(x=x, y=y, x0=x0, op=op)
 
 

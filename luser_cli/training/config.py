@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from luser_cli.errors import ConfigError
@@ -33,6 +34,11 @@ class _Section(BaseModel):
 
 class ModelSettings(_Section):
     stages: int = Field(8, ge=1, le=64, description="K, unrolled stages")
+    initial: Literal["auto", "adjoint", "fbp"] = Field(
+        "auto",
+        description="initial estimate x0: auto = the paper's (y for deblur, A^T y / ||A||^2 "
+        "for CT and MRI); adjoint; fbp = Hann filtered back-projection (CT only)",
+    )
 
 
 class TrainSettings(_Section):
@@ -79,17 +85,23 @@ class Preset(_Section):
         task = info.data.get("task")
         return value if task is None else resolve_physics(task, value).model_dump()
 
+    @model_validator(mode="after")
+    def _initial_fits_task(self) -> Preset:
+        if self.model.initial == "fbp" and self.task != "ct":
+            raise ValueError(f"model.initial 'fbp' needs task ct, not {self.task}")
+        return self
+
     def physics_model(self):  # -> the task's typed physics settings
         return resolve_physics(self.task, self.physics)
 
 
 def _format_error(e: ValidationError, source: str) -> ConfigError:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
-    return ConfigError(f"{source}: {loc}: {msg}")
+    return ConfigError(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
 
 
 def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:

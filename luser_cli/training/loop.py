@@ -190,7 +190,7 @@ class Trainer:
         # The run folder is checked first: a wrong --resume fails before anything is built.
         self._resumable = self._open_run_everywhere()
         torch.manual_seed(self.seed)
-        self.maker = BatchMaker(preset.task, preset.image_size, preset.physics_model(), self.device)
+        self.maker = BatchMaker.for_preset(preset, self.device)
         builtin = preset.data.path is None  # train_size caps only the built-in data
         self.train_set = open_dataset(
             preset.task,
