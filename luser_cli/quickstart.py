@@ -21,20 +21,29 @@ from luser_cli.io.atomic import atomic_write
 
 @dataclass(frozen=True)
 class QuickstartSettings:
+    """The main job's settings; defaults are the README's measured run (see there)."""
+
     task: str = "ct"
     model: str = "luser-dw"
     image_size: int = 64
-    steps: int = 150
+    steps: int = 600
     batch_size: int = 4
-    lr: float | None = None  # the preset's when None
+    lr: float | None = 3e-3  # the preset's when None
     eval_images: int = 32
     seed: int = 0
+    initial: str | None = None  # fbp for CT, the paper's (auto) otherwise, when None
+
+    def initial_estimate(self) -> str:
+        if self.initial is not None:
+            return self.initial
+        return "fbp" if self.task == "ct" else "auto"
 
     def train_args(self, run: Path) -> list[str]:
         args = [
             "luser", "train", "--task", self.task, "--model", self.model,
             "--image-size", str(self.image_size), "--steps", str(self.steps),
-            "--batch-size", str(self.batch_size), "--seed", str(self.seed), "--out", str(run),
+            "--batch-size", str(self.batch_size), "--initial", self.initial_estimate(),
+            "--seed", str(self.seed), "--out", str(run),
         ]  # fmt: skip
         return args + (["--lr", f"{self.lr:g}"] if self.lr is not None else [])
 
@@ -64,9 +73,6 @@ def run_quickstart(
     from luser_cli.training.loop import Trainer
 
     s = settings
-    out.mkdir(parents=True, exist_ok=True)
-    run = out / "run"
-    t0 = time.perf_counter()
     preset = apply_overrides(
         preset_for_task(s.task),
         {
@@ -75,8 +81,12 @@ def run_quickstart(
             "train.batch_size": s.batch_size,
             "train.lr": s.lr,
             "train.seed": s.seed,
+            "model.initial": s.initial_estimate(),
         },
     )
+    out.mkdir(parents=True, exist_ok=True)
+    run = out / "run"
+    t0 = time.perf_counter()
     log("1/3  " + " ".join(s.train_args(run)))
     summary_train = Trainer(preset, s.model, run, progress=progress, log=log).run()
     t_train = time.perf_counter() - t0

@@ -16,9 +16,12 @@ def quickstart(
     task: str = typer.Option("ct", "--task", "-t", help="deblur, ct, mri4x or mri8x."),
     model: str = typer.Option("luser-dw", "--model", "-m", help="Model to train."),
     image_size: int = typer.Option(64, "--image-size", help="Image side in pixels."),
-    steps: int = typer.Option(150, "--steps", help="Training steps."),
+    steps: int = typer.Option(600, "--steps", help="Training steps."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Batch size."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the preset's)."),
+    lr: float = typer.Option(3e-3, "--lr", help="Learning rate."),
+    initial: str | None = typer.Option(
+        None, "--initial", help="Initial estimate (default: fbp for CT, the paper's otherwise)."
+    ),
     eval_images: int = typer.Option(32, "--eval-images", help="Held-out images to evaluate on."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
@@ -38,7 +41,9 @@ def quickstart(
     set_threads(threads)
     if (out / "run" / "checkpoint_last.pt").exists():
         raise ConfigError(f"{out} already holds a quickstart run; choose another --out")
-    settings = QuickstartSettings(task, model, image_size, steps, batch_size, lr, eval_images, seed)
+    settings = QuickstartSettings(
+        task, model, image_size, steps, batch_size, lr, eval_images, seed, initial
+    )
     s = run_quickstart(out, settings, progress=progress, log=lambda m: typer.echo(m, err=True))
     e = s["eval"]
     typer.echo(

@@ -1,0 +1,50 @@
+"""``luser quickstart``: the README's main job, at toy size (the measured run is in the README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fixtures.cli import assert_clean_error, run_cli
+
+from luser_cli.quickstart import QuickstartSettings
+from luser_cli.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--image-size", "16", "--steps", "2", "--eval-images", "2", "--threads", "1"]
+
+
+def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    code, stdout, err = run_cli(["quickstart", "--out", out, *TINY, "--no-progress"])
+    assert code == 0, err
+    for name in ("eval.json", "comparison.png", "sample.png", "sample_scan.h5", "sample_recon.png"):
+        assert (out / name).is_file(), name
+    assert (out / "run" / ckpt.LAST).is_file()
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["settings"]["steps"] == 2 and summary["eval"]["n_images"] == 2
+    assert summary["eval"]["best_classical"] == "tv"
+    assert summary["eval"]["model_minus_best_classical_db"] == pytest.approx(
+        summary["eval"]["model_psnr"] - summary["eval"]["best_classical_psnr"]
+    )
+    # CT starts from the FBP, and the printed train command says so.
+    preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
+    assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
+    assert "--initial fbp" in err and "luser reconstruct" in err
+    assert "held-out built-in ct images" in stdout
+
+
+def test_quickstart_refuses_an_initial_estimate_for_another_task(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    args = ["quickstart", "--task", "mri4x", "--initial", "fbp", "--out", out, *TINY]
+    code, _, err = run_cli(args)
+    assert_clean_error(code, err, expect="'fbp' needs task ct")
+    assert not out.exists()
+
+
+def test_settings_default_initial_estimate() -> None:
+    assert QuickstartSettings().initial_estimate() == "fbp"
+    assert QuickstartSettings(task="mri4x").initial_estimate() == "auto"
+    assert QuickstartSettings(task="ct", initial="adjoint").initial_estimate() == "adjoint"
