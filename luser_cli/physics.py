@@ -7,6 +7,7 @@ training, evaluation, ``simulate`` and ``reconstruct`` all go through it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -112,7 +113,8 @@ def simulate(
 
 
 #: Initial estimates a preset may choose (``model.initial``).
-INITIAL_ESTIMATES: tuple[str, ...] = ("auto", "adjoint", "fbp")
+InitialEstimate = Literal["auto", "adjoint", "fbp"]
+INITIAL_ESTIMATES: tuple[str, ...] = get_args(InitialEstimate)
 
 
 def initial_estimate(
@@ -123,8 +125,8 @@ def initial_estimate(
     ``auto`` is the paper's: ``y`` for deblurring, ``A^T y / ||A||^2`` for CT and MRI. The
     adjoint is divided by ``||A||_2^2`` (exactly 1 for the orthonormal MRI operator) so that the
     CT back-projection lands on the image's intensity scale; this is one gradient step from zero
-    with step ``1 / ||A||^2``. ``adjoint`` forces that form; ``fbp`` (CT only) is the Hann
-    filtered back-projection, the initialisation the paper notes other CT work uses.
+    with step ``1 / ||A||^2``. ``adjoint`` forces that form; ``fbp`` (CT only) is the classical
+    Hann filtered back-projection, the initialisation the paper notes other CT work uses.
     """
     spec = get_task(task) if isinstance(task, str) else task
     if kind not in INITIAL_ESTIMATES:
@@ -132,11 +134,9 @@ def initial_estimate(
             f"unknown initial estimate {kind!r}; choose one of: {', '.join(INITIAL_ESTIMATES)}"
         )
     if kind == "fbp":
-        if spec.name != "ct":
-            raise ConfigError(f"initial estimate 'fbp' needs task ct, not {spec.name}")
-        from luser_cli.operators.fbp import filtered_back_projection
+        from luser_cli.classical.methods import reconstruct_classical
 
-        return filtered_back_projection(op, y, filter="hann")  # type: ignore[arg-type]
+        return reconstruct_classical("fbp", spec.name, op, y)  # refuses tasks other than CT
     if kind == "auto" and spec.initial_estimate == "measurement":
         return y
     return op.A_adjoint(y) / op.norm_sq()

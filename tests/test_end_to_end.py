@@ -13,8 +13,14 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from fixtures.cli import assert_clean_error, run_cli
 from fixtures.files import make_fastmri_file, make_jpg, make_lodopab_pair, make_nifti_volume
+
+from luser_cli.operators.fbp import filtered_back_projection
+from luser_cli.physics import build_noise, build_operator, simulate
+from luser_cli.reconstruct import get_method
+from luser_cli.runs import load_trained
 
 TINY = ["--steps", "2", "--batch-size", "2", "--val-size", "2", "--threads", "1", "--no-progress"]
 FAST_SOLVER = ["--fp-max-iter", "6", "--bwd-max-iter", "6"]
@@ -201,13 +207,6 @@ def test_train_and_eval_on_real_formats(tmp_path: Path, task: str, maker) -> Non
 
 def test_fbp_initial_estimate_is_trained_stored_and_used_by_reconstruct(tmp_path: Path) -> None:
     """``--initial fbp`` (CT): stored in the run's preset, and reconstruct starts from the FBP."""
-    import torch
-
-    from luser_cli.operators.fbp import filtered_back_projection
-    from luser_cli.physics import build_noise, build_operator, simulate
-    from luser_cli.reconstruct import get_method
-    from luser_cli.runs import load_trained
-
     run = tmp_path / "ct"
     train(run, "ct", "luser-dw", 16, "--initial", "fbp")
     trained = load_trained(run, "cpu")

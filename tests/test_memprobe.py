@@ -27,6 +27,7 @@ from luser_cli.memprobe.search import max_batch
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES
 from luser_cli.training.batches import BatchMaker
+from luser_cli.training.config import apply_overrides
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
@@ -125,7 +126,7 @@ def _real_step_peak(
     (model, optimiser state, batch, operator) is registered with the tracker."""
     preset = probe_preset(task, size, graph)
     torch.manual_seed(0)
-    maker = BatchMaker(task, size, preset.physics_model(), torch.device("cpu"))
+    maker = BatchMaker.for_preset(preset, torch.device("cpu"))
     op0 = maker.operator()
     if hasattr(op0, "backend"):
         op0.backend = "grid"  # what fake tensors and 362 px CT use
@@ -373,3 +374,12 @@ def test_cli_writes_json_rows_and_a_table(tmp_path: Path) -> None:
 def test_cli_bad_arguments_give_one_line_errors(args: list[str], expect: str) -> None:
     code, _, err = run_cli(["memprobe", *args, "--no-progress"])
     assert_clean_error(code, err, expect=expect)
+
+
+def test_sim_runs_a_ct_preset_that_starts_from_the_fbp() -> None:
+    """``model.initial = "fbp"`` changes no allocation of the step: same peak as the default."""
+    peaks = []
+    for initial in ("auto", "fbp"):
+        preset = apply_overrides(probe_preset("ct", 24), {"model.initial": initial})
+        peaks.append(SimOracle("ct", "luser-dw", 24, preset=preset).simulate(2))
+    assert peaks[0] == peaks[1] > 0

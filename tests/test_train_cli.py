@@ -174,7 +174,7 @@ def test_bad_preset_file_is_rejected_naming_the_field(
         (["--batch-size", "0"], "train.batch_size"),
         (["--lr", "5"], "train.lr"),
         (["--warmup-steps", "-1"], "train.warmup_steps"),
-        (["--initial", "fbp"], "model.initial 'fbp' needs task ct, not mri4x"),
+        (["--initial", "fbp"], "model.initial: method 'fbp' needs task ct; task mri4x offers"),
         (["--initial", "sirt"], "model.initial"),
         (["--steps", "0"], "train.steps"),
         (["--image-size", "2"], "image_size"),

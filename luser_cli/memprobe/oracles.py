@@ -573,7 +573,10 @@ class SimOracle:
                 y = op.A(x)
                 if hasattr(op, "restrict"):
                     y = op.restrict(y)
-                x0 = initial_estimate(self.task, op, y, self.preset.model.initial)
+                # The paper's x0 whatever model.initial says: every choice is one image of
+                # the same shape made without grad before the step, and the FBP cannot run on
+                # the Radon stand-in.
+                x0 = initial_estimate(self.task, op, y)
             data = Batch(x=x, y=y, x0=x0, op=op)
             del x, y, x0
             output, loss = forward_backward(model, optimizer, data, train, torch.device("cpu"))

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from luser_cli.errors import ConfigError
-from luser_cli.physics import resolve_physics
+from luser_cli.physics import InitialEstimate, resolve_physics
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import TASK_NAMES, get_task
 
@@ -34,7 +34,7 @@ class _Section(BaseModel):
 
 class ModelSettings(_Section):
     stages: int = Field(8, ge=1, le=64, description="K, unrolled stages")
-    initial: Literal["auto", "adjoint", "fbp"] = Field(
+    initial: InitialEstimate = Field(
         "auto",
         description="initial estimate x0: auto = the paper's (y for deblur, A^T y / ||A||^2 "
         "for CT and MRI); adjoint; fbp = Hann filtered back-projection (CT only)",
@@ -87,8 +87,13 @@ class Preset(_Section):
 
     @model_validator(mode="after")
     def _initial_fits_task(self) -> Preset:
-        if self.model.initial == "fbp" and self.task != "ct":
-            raise ValueError(f"model.initial 'fbp' needs task ct, not {self.task}")
+        if self.model.initial == "fbp":
+            from luser_cli.classical.methods import check_method
+
+            try:
+                check_method("fbp", self.task)
+            except ConfigError as e:
+                raise ValueError(f"model.initial: {e}") from None
         return self
 
     def physics_model(self):  # -> the task's typed physics settings
