@@ -32,18 +32,24 @@ class QuickstartSettings:
     eval_images: int = 32
     seed: int = 0
     initial: str | None = None  # fbp for CT, the paper's (auto) otherwise, when None
+    data_step: str | None = None  # fbp for CT, the paper's (gradient) otherwise, when None
 
     def initial_estimate(self) -> str:
         if self.initial is not None:
             return self.initial
         return "fbp" if self.task == "ct" else "auto"
 
+    def data_step_kind(self) -> str:
+        if self.data_step is not None:
+            return self.data_step
+        return "fbp" if self.task == "ct" else "gradient"
+
     def train_args(self, run: Path) -> list[str]:
         args = [
             "luser", "train", "--task", self.task, "--model", self.model,
             "--image-size", str(self.image_size), "--steps", str(self.steps),
             "--batch-size", str(self.batch_size), "--initial", self.initial_estimate(),
-            "--seed", str(self.seed), "--out", str(run),
+            "--data-step", self.data_step_kind(), "--seed", str(self.seed), "--out", str(run),
         ]  # fmt: skip
         return args + (["--lr", f"{self.lr:g}"] if self.lr is not None else [])
 
@@ -82,6 +88,7 @@ def run_quickstart(
             "train.lr": s.lr,
             "train.seed": s.seed,
             "model.initial": s.initial_estimate(),
+            "model.data_step": s.data_step_kind(),
         },
     )
     out.mkdir(parents=True, exist_ok=True)

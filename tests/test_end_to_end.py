@@ -205,19 +205,27 @@ def test_train_and_eval_on_real_formats(tmp_path: Path, task: str, maker) -> Non
     assert np.isfinite(result["metrics"]["model"]["psnr"])
 
 
-def test_fbp_initial_estimate_is_trained_stored_and_used_by_reconstruct(tmp_path: Path) -> None:
-    """``--initial fbp`` (CT): stored in the run's preset, and reconstruct starts from the FBP."""
+def test_fbp_start_and_data_step_are_trained_stored_and_used_by_reconstruct(
+    tmp_path: Path,
+) -> None:
+    """``--initial fbp --data-step fbp`` (CT): stored in the run's preset; the loaded model
+    takes FBP data steps, and reconstruct starts from the FBP."""
     run = tmp_path / "ct"
-    train(run, "ct", "luser-dw", 16, "--initial", "fbp")
+    train(run, "ct", "luser-dw", 16, "--initial", "fbp", "--data-step", "fbp")
     trained = load_trained(run, "cpu")
     assert trained.preset.model.initial == "fbp"
+    assert trained.preset.model.data_step == trained.model.data_step == "fbp"
     op = build_operator("ct", 16)
     x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     y = simulate(op, build_noise("ct"), x, torch.Generator().manual_seed(1))
     method = get_method("model", "ct", {"checkpoint": run})
+    x0 = filtered_back_projection(op, y, filter="hann")
     with torch.no_grad():
         got = method("ct", op, y)
-        want = trained.model(y, op, filtered_back_projection(op, y, filter="hann"))
+        want = trained.model(y, op, x0)
         adjoint_start = trained.model(y, op, op.A_adjoint(y) / op.norm_sq())
+        trained.model.data_step = "gradient"
+        gradient_steps = trained.model(y, op, x0)
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, adjoint_start)
+    assert not torch.allclose(got, gradient_steps)

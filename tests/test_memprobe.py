@@ -377,9 +377,21 @@ def test_cli_bad_arguments_give_one_line_errors(args: list[str], expect: str) ->
 
 
 def test_sim_runs_a_ct_preset_that_starts_from_the_fbp() -> None:
-    """``model.initial = "fbp"`` changes no allocation of the step: same peak as the default."""
+    """The FBP start runs on the Radon stand-in; it is made without grad before the step, so
+    the step's peak is the default's."""
     peaks = []
     for initial in ("auto", "fbp"):
         preset = apply_overrides(probe_preset("ct", 24), {"model.initial": initial})
         peaks.append(SimOracle("ct", "luser-dw", 24, preset=preset).simulate(2))
     assert peaks[0] == peaks[1] > 0
+
+
+def test_sim_runs_the_fbp_data_step_on_the_stand_in() -> None:
+    """``model.data_step = "fbp"`` filters each stage's residual sinogram (an FFT, on fake
+    tensors) before ``A^T``: it runs on the stand-in and peaks close to the gradient step,
+    never below it (the filter only adds sinogram-sized temporaries)."""
+    peaks = []
+    for step in ("gradient", "fbp"):
+        preset = apply_overrides(probe_preset("ct", 24), {"model.data_step": step})
+        peaks.append(SimOracle("ct", "luser-dw", 24, preset=preset).simulate(2))
+    assert peaks[0] <= peaks[1] <= 1.1 * peaks[0]

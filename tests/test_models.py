@@ -162,3 +162,54 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name: str) -> None:
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["luser-dw", "deq4ip"])
+def test_fbp_data_step_is_a_filtered_back_projection_of_the_residual(name: str) -> None:
+    """``data_step = "fbp"``: ``d = x + step FBP(y - A x)``; the gradient step is unchanged."""
+    from luser_cli.errors import ConfigError
+    from luser_cli.operators.fbp import filtered_back_projection
+
+    op, _, y, x0 = _problem("ct")
+    scale = 1.0 / float(op.norm_sq())
+    fbp = build_model(name, "ct", step_scale=scale, data_step="fbp")
+    grad = build_model(name, "ct", step_scale=scale)
+    grad.load_state_dict(fbp.state_dict())
+    with torch.no_grad():
+        fbp.step.fill_(0.7)
+        grad.step.fill_(0.7)
+        r = y - op.A(x0)
+        want_fbp = x0 + 0.7 * filtered_back_projection(op, r, filter="hann")
+        want_grad = x0 + 0.7 * scale * op.A_adjoint(r)
+        torch.testing.assert_close(fbp.gradient_step(x0, y, op), want_fbp)
+        torch.testing.assert_close(grad.gradient_step(x0, y, op), want_grad)
+        fbp.eval()
+        grad.eval()
+        assert not torch.allclose(fbp(y, op, x0), grad(y, op, x0))
+    x0.requires_grad_(True)
+    fbp.train()
+    fbp(y, op, x0).square().sum().backward()  # differentiable through the filter
+    assert fbp.step.grad is not None and torch.isfinite(fbp.step.grad)
+    mri_op, _, mri_y, mri_x0 = _problem("mri4x")
+    with pytest.raises(ConfigError, match="FBP needs a parallel-beam Radon operator"):
+        build_model(name, "mri4x", step_scale=1.0, data_step="fbp")(mri_y, mri_op, mri_x0)
+
+
+def test_info_cli_reports_counts_operator_calls_and_the_data_step(tmp_path) -> None:
+    import json
+
+    from fixtures.cli import run_cli
+
+    code, out, err = run_cli(["info", "--task", "ct", "--model", "luser-dw", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["parameters"] == EXPECTED["ct"]["luser-dw"]
+    assert data["operator_applications"]["A"] == data["operator_applications"]["A_adjoint"] == 8
+    assert data["data_step"].startswith("gradient")
+    preset = tmp_path / "fbp.toml"
+    preset.write_text('task = "ct"\nimage_size = 32\n[model]\ndata_step = "fbp"\n')
+    args = ["info", "--task", "ct", "--model", "luser-dw", "--preset", preset, "--json"]
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    assert json.loads(out)["data_step"].startswith("fbp")
+    assert json.loads(out)["parameters"] == EXPECTED["ct"]["luser-dw"]  # no new parameters

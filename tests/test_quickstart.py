@@ -32,15 +32,20 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     # CT starts from the FBP, and the printed train command says so.
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
+    assert preset["model"]["data_step"] == "fbp"
     assert "--initial fbp" in err and "luser reconstruct" in err
     assert "held-out built-in ct images" in stdout
 
 
-def test_quickstart_refuses_an_initial_estimate_for_another_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "expect"),
+    [("--initial", "'fbp' needs task ct"), ("--data-step", "data_step: fbp")],
+)
+def test_quickstart_refuses_fbp_for_another_task(flag: str, expect: str, tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    args = ["quickstart", "--task", "mri4x", "--initial", "fbp", "--out", out, *TINY]
+    args = ["quickstart", "--task", "mri4x", flag, "fbp", "--out", out, *TINY]
     code, _, err = run_cli(args)
-    assert_clean_error(code, err, expect="'fbp' needs task ct")
+    assert_clean_error(code, err, expect=expect)
     assert not out.exists()
 
 
@@ -48,3 +53,10 @@ def test_settings_default_initial_estimate() -> None:
     assert QuickstartSettings().initial_estimate() == "fbp"
     assert QuickstartSettings(task="mri4x").initial_estimate() == "auto"
     assert QuickstartSettings(task="ct", initial="adjoint").initial_estimate() == "adjoint"
+
+
+def test_settings_default_data_step() -> None:
+    assert QuickstartSettings().data_step_kind() == "fbp"
+    assert QuickstartSettings(task="deblur").data_step_kind() == "gradient"
+    assert QuickstartSettings(data_step="gradient").data_step_kind() == "gradient"
+    assert "--data-step fbp" in " ".join(QuickstartSettings().train_args(Path("r")))

@@ -155,6 +155,7 @@ def test_resume_flag_continues_a_run(tmp_path: Path) -> None:
         ('task = "mri4x"\nimage_size = 16\n[physics]\nacceleration = 0\n', "physics"),
         ('task = "ct"\nimage_size = 16\n', "is for task 'ct', not 'mri4x'"),
         ('task = "mri4x"\nimage_size = 16\n[model]\ninitial = "fbp"\n', "'fbp' needs task ct"),
+        ('task = "mri4x"\nimage_size = 16\n[model]\ndata_step = "fbp"\n', "data_step: fbp"),
         ('task = "mri4x"\nimage_size = 16\n[train\n', "not valid TOML"),
     ],
 )
@@ -176,6 +177,8 @@ def test_bad_preset_file_is_rejected_naming_the_field(
         (["--warmup-steps", "-1"], "train.warmup_steps"),
         (["--initial", "fbp"], "model.initial: method 'fbp' needs task ct; task mri4x offers"),
         (["--initial", "sirt"], "model.initial"),
+        (["--data-step", "fbp"], "model.data_step: fbp (filtered back-projection) is for CT"),
+        (["--data-step", "newton"], "model.data_step"),
         (["--steps", "0"], "train.steps"),
         (["--image-size", "2"], "image_size"),
         (["--save-every", "-1"], "train.save_every"),

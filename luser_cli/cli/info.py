@@ -31,7 +31,14 @@ def info(
     get_task(task)
     check_model_name(model)
     cfg = load_preset(preset) if preset is not None else preset_for_task(task)
-    net = build_model(model, task, step_scale=1.0, stages=cfg.model.stages, equilibrium=cfg.solver)
+    net = build_model(
+        model,
+        task,
+        step_scale=1.0,
+        stages=cfg.model.stages,
+        equilibrium=cfg.solver,
+        data_step=cfg.model.data_step,
+    )
     data = describe_model(net, task, cfg.solver.model_dump())
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -47,6 +54,7 @@ def info(
         "shared_weights",
         "prox_networks",
         "prox_parameters_each",
+        "data_step",
     ):
         if key in data:
             value = (

@@ -22,6 +22,11 @@ def quickstart(
     initial: str | None = typer.Option(
         None, "--initial", help="Initial estimate (default: fbp for CT, the paper's otherwise)."
     ),
+    data_step: str | None = typer.Option(
+        None,
+        "--data-step",
+        help="Data-consistency step (default: fbp for CT, the paper's gradient otherwise).",
+    ),
     eval_images: int = typer.Option(32, "--eval-images", help="Held-out images to evaluate on."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
@@ -42,7 +47,7 @@ def quickstart(
     if (out / "run" / "checkpoint_last.pt").exists():
         raise ConfigError(f"{out} already holds a quickstart run; choose another --out")
     settings = QuickstartSettings(
-        task, model, image_size, steps, batch_size, lr, eval_images, seed, initial
+        task, model, image_size, steps, batch_size, lr, eval_images, seed, initial, data_step
     )
     s = run_quickstart(out, settings, progress=progress, log=lambda m: typer.echo(m, err=True))
     e = s["eval"]

@@ -40,6 +40,12 @@ def train(
         "--initial",
         help="Initial estimate: auto (the paper's), adjoint, or fbp (CT).",
     ),
+    data_step: str | None = typer.Option(
+        None,
+        "--data-step",
+        help="Data-consistency step of each stage: gradient (the paper's) or fbp "
+        "(FBP-preconditioned, CT).",
+    ),
     aux_loss: bool | None = typer.Option(
         None,
         "--aux-loss/--final-loss",
@@ -147,6 +153,7 @@ def train(
             "train.warmup_steps": warmup_steps,
             "train.aux_loss": aux_loss,
             "model.initial": initial,
+            "model.data_step": data_step,
             "train.seed": seed,
             "train.save_every": save_every,
             "train.val_every": val_every,

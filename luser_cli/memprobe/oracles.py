@@ -34,6 +34,7 @@ from luser_cli.errors import ConfigError
 from luser_cli.memprobe.tracker import StorageTracker
 from luser_cli.models.registry import check_model_name, count_parameters
 from luser_cli.operators.base import LinearOperator
+from luser_cli.operators.radon import CTGeometry
 from luser_cli.physics import build_operator, initial_estimate, mri_masks
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import MRIPhysics, get_task
@@ -326,14 +327,16 @@ class RadonStandIn(LinearOperator):
         self,
         image_shape: tuple[int, int, int],
         measurement_shape: tuple[int, ...],
-        angles: int,
+        geometry: CTGeometry,
         scratch_one: tuple[int, int],
         chunk_bytes: int,
         norm_sq: float,
     ) -> None:
         super().__init__(image_shape)
         self._measurement_shape = tuple(measurement_shape)
-        self.register_buffer("angles", torch.zeros(angles, dtype=torch.float64))
+        #: The real geometry: filtered back-projection (an FBP start or data step) reads it.
+        self.geometry = geometry
+        self.register_buffer("angles", torch.zeros(geometry.n_angles, dtype=torch.float64))
         self.scratch_one = scratch_one
         self.chunk_bytes = chunk_bytes
         self._norm_sq = norm_sq
@@ -381,7 +384,7 @@ def _radon_stand_in_args(preset: Preset) -> dict[str, Any]:
     return {
         "image_shape": real.image_shape,
         "measurement_shape": real.measurement_shape(),
-        "angles": len(real.geometry.angles),  # type: ignore[attr-defined]
+        "geometry": real.geometry,  # type: ignore[attr-defined]
         "scratch_one": scratch,
         "chunk_bytes": int(getattr(radon, "_CHUNK_BYTES", 48 * 2**20)),
     }
@@ -573,10 +576,7 @@ class SimOracle:
                 y = op.A(x)
                 if hasattr(op, "restrict"):
                     y = op.restrict(y)
-                # The paper's x0 whatever model.initial says: every choice is one image of
-                # the same shape made without grad before the step, and the FBP cannot run on
-                # the Radon stand-in.
-                x0 = initial_estimate(self.task, op, y)
+                x0 = initial_estimate(self.task, op, y, self.preset.model.initial)
             data = Batch(x=x, y=y, x0=x0, op=op)
             del x, y, x0
             output, loss = forward_backward(model, optimizer, data, train, torch.device("cpu"))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.spectral_norm import power_iteration_
-from luser_cli.models.unrolled import ReconstructionModel, conv_layout
+from luser_cli.models.unrolled import DataStep, ReconstructionModel, conv_layout
 from luser_cli.operators.base import LinearOperator
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.solvers.equilibrium import equilibrium
@@ -44,8 +44,14 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 class DEQ4IP(ReconstructionModel):
     name = "deq4ip"
 
-    def __init__(self, channels: int, step_scale: float, equilibrium: EquilibriumConfig) -> None:
-        super().__init__(step_scale)
+    def __init__(
+        self,
+        channels: int,
+        step_scale: float,
+        equilibrium: EquilibriumConfig,
+        data_step: DataStep = "gradient",
+    ) -> None:
+        super().__init__(step_scale, data_step)
         self.prox = DnCNN(channels, spectral_norm=True)
         self.equilibrium = equilibrium
 
@@ -58,13 +64,13 @@ class DEQ4IP(ReconstructionModel):
         if self.training:
             power_iteration_(self.prox)
         self.records = []
-        scale = self.step_scale
 
+        # B y is injected once; each iteration then needs B A x only (B = step_scale A^T or FBP).
         def inject(y_: Tensor) -> Tensor:
-            return op.A_adjoint(y_)
+            return self.back_project(y_, op)
 
-        def step(x: Tensor, aty: Tensor) -> Tensor:
-            d = conv_layout(x + (self.step * scale) * (aty - op.AtA(x)))
+        def step(x: Tensor, by: Tensor) -> Tensor:
+            d = conv_layout(x + self.step * (by - self.back_project(op.A(x), op)))
             return d + self.prox(d)
 
         params = [p for p in self.parameters() if p.requires_grad]
@@ -74,5 +80,5 @@ class DEQ4IP(ReconstructionModel):
             rec["stage"] = 0
         if self.training:
             with torch.no_grad():  # one application to move the BatchNorm running statistics
-                self.prox(x + (self.step * scale) * op.A_adjoint(y - op.A(x)))
+                self.prox(self.gradient_step(x, y, op))
         return (x, [x]) if return_intermediates else x

@@ -9,6 +9,11 @@ from torch import nn
 from luser_cli.models.registry import DESCRIPTIONS, count_parameters
 from luser_cli.models.unrolled import LoopUnrolled, ReconstructionModel
 
+DATA_STEP_TEXT: dict[str, str] = {
+    "gradient": "gradient: x + step A^T(y - Ax) / ||A||^2",
+    "fbp": "fbp: x + step FBP(y - Ax), Hann filter (one sinogram FFT per A^T)",
+}
+
 
 def _layers(module: nn.Module) -> list[str]:
     """One line per leaf layer, e.g. ``Conv2d(1->32, 3x3, SN)``."""
@@ -42,6 +47,7 @@ def describe_model(model: ReconstructionModel, task: str, solver: dict | None) -
         "description": DESCRIPTIONS[model.name],
         "parameters": count_parameters(model),
         "step_size_parameters": 1,
+        "data_step": DATA_STEP_TEXT[model.data_step],
     }
     if isinstance(model, LoopUnrolled):
         info["stages"] = model.stages

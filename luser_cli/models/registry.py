@@ -8,7 +8,7 @@ from luser_cli.errors import ConfigError
 from luser_cli.models.deq4ip import DEQ4IP
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.shallow_block import ShallowEquilibriumBlock
-from luser_cli.models.unrolled import LoopUnrolled, ReconstructionModel
+from luser_cli.models.unrolled import DataStep, LoopUnrolled, ReconstructionModel
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import get_task
 
@@ -40,22 +40,24 @@ def build_model(
     step_scale: float,
     stages: int = 8,
     equilibrium: EquilibriumConfig | None = None,
+    data_step: DataStep = "gradient",
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
     ``step_scale`` is ``1 / ||A||^2`` of the task operator at the training image size;
-    ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None).
+    ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None);
+    ``data_step`` the stages' data-consistency step (:mod:`luser_cli.models.unrolled`).
     """
     check_model_name(name)
     channels = get_task(task).channels
     eq = equilibrium if equilibrium is not None else EquilibriumConfig()
     if name == "lu-dncnn":
-        return LoopUnrolled(name, [DnCNN(channels)], stages, step_scale)
+        return LoopUnrolled(name, [DnCNN(channels)], stages, step_scale, data_step=data_step)
     if name == "deq4ip":
-        return DEQ4IP(channels, step_scale, eq)
+        return DEQ4IP(channels, step_scale, eq, data_step)
     blocks = 1 if name == "luser-sw" else stages
     prox: list[nn.Module] = [ShallowEquilibriumBlock(channels) for _ in range(blocks)]
-    return LoopUnrolled(name, prox, stages, step_scale, equilibrium=eq)
+    return LoopUnrolled(name, prox, stages, step_scale, equilibrium=eq, data_step=data_step)
 
 
 def count_parameters(model: nn.Module) -> int:

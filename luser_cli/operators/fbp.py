@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from luser_cli.errors import ConfigError, InputError
-from luser_cli.operators.radon import ParallelBeamRadon
+from luser_cli.operators.base import LinearOperator
+from luser_cli.operators.radon import CTGeometry
 
 FILTERS: tuple[str, ...] = ("ramp", "hann", "shepp-logan", "cosine", "hamming")
 
@@ -77,20 +78,28 @@ def filter_sinogram(y: Tensor, filter: str = "hann", frequency_scaling: float = 
     return torch.fft.irfft(spectrum, n=size)[..., :n_det]
 
 
+def fbp_scale(geometry: CTGeometry) -> float:
+    """The constant of ``FBP(y) = fbp_scale * A^T(filtered y)``: ``pi / (n_angles h^2)``."""
+    return math.pi / (geometry.n_angles * geometry.pixel_size**2)
+
+
 def filtered_back_projection(
-    op: ParallelBeamRadon, y: Tensor, filter: str = "hann", frequency_scaling: float = 1.0
+    op: LinearOperator, y: Tensor, filter: str = "hann", frequency_scaling: float = 1.0
 ) -> Tensor:
     """FBP: ``(B, 1, n_angles, n_det)`` sinograms in metres -> ``(B, 1, N, N)`` images.
 
-    ``filter``: ramp, hann (default), shepp-logan, cosine or hamming; ``frequency_scaling`` in
-    (0, 1] cuts the filter off at that fraction of the Nyquist frequency (ODL's convention).
+    ``op`` is a parallel-beam Radon operator: anything with a :class:`CTGeometry` ``geometry``
+    and that geometry's ``A_adjoint`` (:class:`~luser_cli.operators.radon.ParallelBeamRadon`,
+    or the memory probe's stand-in for it). ``filter``: ramp, hann (default), shepp-logan,
+    cosine or hamming; ``frequency_scaling`` in (0, 1] cuts the filter off at that fraction of
+    the Nyquist frequency (ODL's convention).
     """
-    if not isinstance(op, ParallelBeamRadon):
+    g = getattr(op, "geometry", None)
+    if not isinstance(g, CTGeometry):
         raise ConfigError(f"FBP needs a parallel-beam Radon operator, got {type(op).__name__}")
     shape = op.measurement_shape()
     if y.dim() != 4 or tuple(y.shape[1:]) != shape:
         expected = ", ".join(map(str, shape))
         raise InputError(f"FBP expects sinograms of shape (B, {expected}), got {tuple(y.shape)}")
-    g = op.geometry
     q = filter_sinogram(y, filter, frequency_scaling)
-    return op.A_adjoint(q) * (math.pi / (g.n_angles * g.pixel_size**2))
+    return op.A_adjoint(q) * fbp_scale(g)

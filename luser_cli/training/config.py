@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from luser_cli.errors import ConfigError
+from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import TASK_NAMES, get_task
@@ -38,6 +39,11 @@ class ModelSettings(_Section):
         "auto",
         description="initial estimate x0: auto = the paper's (y for deblur, A^T y / ||A||^2 "
         "for CT and MRI); adjoint; fbp = Hann filtered back-projection (CT only)",
+    )
+    data_step: DataStep = Field(
+        "gradient",
+        description="each stage's data-consistency step: gradient = the paper's "
+        "x + step A^T(y - Ax) / ||A||^2; fbp = x + step FBP(y - Ax), preconditioned (CT only)",
     )
 
 
@@ -86,14 +92,20 @@ class Preset(_Section):
         return value if task is None else resolve_physics(task, value).model_dump()
 
     @model_validator(mode="after")
-    def _initial_fits_task(self) -> Preset:
-        if self.model.initial == "fbp":
-            from luser_cli.classical.methods import check_method
+    def _fbp_fits_task(self) -> Preset:
+        from luser_cli.classical.methods import check_method
 
-            try:
-                check_method("fbp", self.task)
-            except ConfigError as e:
+        if "fbp" not in (self.model.initial, self.model.data_step):
+            return self
+        try:
+            check_method("fbp", self.task)  # the one place that says which tasks have an FBP
+        except ConfigError as e:
+            if self.model.initial == "fbp":
                 raise ValueError(f"model.initial: {e}") from None
+            raise ValueError(
+                f"model.data_step: fbp (filtered back-projection) is for CT, not task "
+                f"{self.task!r}; use gradient"
+            ) from None
         return self
 
     def physics_model(self):  # -> the task's typed physics settings

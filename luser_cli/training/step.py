@@ -31,6 +31,7 @@ def build_training_model(
         step_scale=step_scale,
         stages=preset.model.stages,
         equilibrium=equilibrium if equilibrium is not None else preset.solver,
+        data_step=preset.model.data_step,
     )
 
 
