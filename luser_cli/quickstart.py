@@ -33,6 +33,7 @@ class QuickstartSettings:
     seed: int = 0
     initial: str | None = None  # fbp for CT, the paper's (auto) otherwise, when None
     data_step: str | None = None  # fbp for CT, the paper's (gradient) otherwise, when None
+    loss: str = "psnr"
 
     def initial_estimate(self) -> str:
         if self.initial is not None:
@@ -49,7 +50,8 @@ class QuickstartSettings:
             "luser", "train", "--task", self.task, "--model", self.model,
             "--image-size", str(self.image_size), "--steps", str(self.steps),
             "--batch-size", str(self.batch_size), "--initial", self.initial_estimate(),
-            "--data-step", self.data_step_kind(), "--seed", str(self.seed), "--out", str(run),
+            "--data-step", self.data_step_kind(), "--loss", self.loss,
+            "--seed", str(self.seed), "--out", str(run),
         ]  # fmt: skip
         return args + (["--lr", f"{self.lr:g}"] if self.lr is not None else [])
 
@@ -89,6 +91,7 @@ def run_quickstart(
             "train.seed": s.seed,
             "model.initial": s.initial_estimate(),
             "model.data_step": s.data_step_kind(),
+            "train.loss": s.loss,
         },
     )
     out.mkdir(parents=True, exist_ok=True)

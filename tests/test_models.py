@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -213,3 +215,31 @@ def test_info_cli_reports_counts_operator_calls_and_the_data_step(tmp_path) -> N
     assert code == 0, err
     assert json.loads(out)["data_step"].startswith("fbp")
     assert json.loads(out)["parameters"] == EXPECTED["ct"]["luser-dw"]  # no new parameters
+
+
+def test_psnr_loss_is_minus_the_mean_per_image_psnr_and_weights_images_equally() -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from luser_cli.training.batches import reconstruction_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    out = x + noise * torch.tensor([0.01, 0.1, 0.3], dtype=torch.float64)[:, None, None, None]
+    out.requires_grad_(True)
+    loss = reconstruction_loss(x, out, aux_loss=False, kind="psnr")
+    psnrs = [peak_signal_noise_ratio(a.numpy(), b.detach().numpy(), data_range=1.0) for a, b in
+             zip(x, out, strict=True)]  # fmt: skip
+    assert float(loss.detach()) == pytest.approx(-sum(psnrs) / 3, rel=1e-10)
+    loss.backward()
+    # Each image's gradient is its MSE gradient over its own MSE: the three images' gradient
+    # norms are then equal up to the ratio of their RMS errors, not of their squared errors.
+    mse = ((out - x) ** 2).flatten(1).mean(1).detach()
+    want = 10 / math.log(10) * 2 * (out - x).detach() / (mse[:, None, None, None] * 128) / 3
+    torch.testing.assert_close(out.grad, want)
+    mse_loss = reconstruction_loss(x, out, aux_loss=False)
+    assert float(mse_loss.detach()) == pytest.approx(float(mse.mean()), rel=1e-10)
+    stages = [out, out * 0.5]  # aux: the mean of the per-stage losses
+    aux = reconstruction_loss(x, (out, stages), aux_loss=True, kind="psnr")
+    per_stage = [reconstruction_loss(x, s, aux_loss=False, kind="psnr") for s in stages]
+    assert float(aux.detach()) == pytest.approx(float(sum(per_stage).detach() / 2))

@@ -32,7 +32,7 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     # CT starts from the FBP, and the printed train command says so.
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
-    assert preset["model"]["data_step"] == "fbp"
+    assert preset["model"]["data_step"] == "fbp" and preset["train"]["loss"] == "psnr"
     assert "--initial fbp" in err and "luser reconstruct" in err
     assert "held-out built-in ct images" in stdout
 

@@ -179,6 +179,7 @@ def test_bad_preset_file_is_rejected_naming_the_field(
         (["--initial", "sirt"], "model.initial"),
         (["--data-step", "fbp"], "model.data_step: fbp (filtered back-projection) is for CT"),
         (["--data-step", "newton"], "model.data_step"),
+        (["--loss", "l1"], "train.loss"),
         (["--steps", "0"], "train.steps"),
         (["--image-size", "2"], "image_size"),
         (["--save-every", "-1"], "train.save_every"),
@@ -200,3 +201,14 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
         assert code == 0, err
     else:
         assert_clean_error(code, err, expect="no CUDA device")
+
+
+def test_psnr_loss_is_stored_logged_and_plotted(tmp_path: Path) -> None:
+    """``--loss psnr``: the logged loss is minus a PSNR in dB (negative); the curve is drawn."""
+    run = tmp_path / "run"
+    flags = ["--steps", "2", "--batch-size", "2", "--loss", "psnr", "--model", "lu-dncnn"]
+    ok([*TRAIN, *SMALL, *flags, "--out", run])
+    assert preset_of(run)["train"]["loss"] == "psnr"
+    losses = [r["loss"] for r in rows(run) if "loss" in r]
+    assert len(losses) == 2 and all(-80 < v < 0 for v in losses)
+    assert (run / "training_curve.png").stat().st_size > 0

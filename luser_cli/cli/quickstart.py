@@ -27,6 +27,9 @@ def quickstart(
         "--data-step",
         help="Data-consistency step (default: fbp for CT, the paper's gradient otherwise).",
     ),
+    loss: str = typer.Option(
+        "psnr", "--loss", help="Training loss: psnr (mean per-image 10 log10 MSE) or mse."
+    ),
     eval_images: int = typer.Option(32, "--eval-images", help="Held-out images to evaluate on."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
@@ -47,7 +50,17 @@ def quickstart(
     if (out / "run" / "checkpoint_last.pt").exists():
         raise ConfigError(f"{out} already holds a quickstart run; choose another --out")
     settings = QuickstartSettings(
-        task, model, image_size, steps, batch_size, lr, eval_images, seed, initial, data_step
+        task,
+        model,
+        image_size,
+        steps,
+        batch_size,
+        lr,
+        eval_images,
+        seed,
+        initial,
+        data_step,
+        loss,
     )
     s = run_quickstart(out, settings, progress=progress, log=lambda m: typer.echo(m, err=True))
     e = s["eval"]

@@ -46,6 +46,11 @@ def train(
         help="Data-consistency step of each stage: gradient (the paper's) or fbp "
         "(FBP-preconditioned, CT).",
     ),
+    loss: str | None = typer.Option(
+        None,
+        "--loss",
+        help="Training loss: mse (the paper's) or psnr (mean per-image 10 log10 MSE).",
+    ),
     aux_loss: bool | None = typer.Option(
         None,
         "--aux-loss/--final-loss",
@@ -152,6 +157,7 @@ def train(
             "train.lr": lr,
             "train.warmup_steps": warmup_steps,
             "train.aux_loss": aux_loss,
+            "train.loss": loss,
             "model.initial": initial,
             "model.data_step": data_step,
             "train.seed": seed,

@@ -58,7 +58,12 @@ class TrainSettings(_Section):
     epochs: int = Field(50, ge=1)
     steps: int | None = Field(None, ge=1, description="if set, overrides epochs")
     batch_size: int = Field(4, ge=1, le=4096)
-    aux_loss: bool = Field(False, description="MSE on every intermediate x_k as well")
+    loss: Literal["mse", "psnr"] = Field(
+        "mse",
+        description="mse = the paper's mean squared error; psnr = mean over images of "
+        "10 log10(MSE_i) (minus the PSNR at unit range): every image's PSNR weighs the same",
+    )
+    aux_loss: bool = Field(False, description="the loss on every intermediate x_k as well")
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch")

@@ -8,7 +8,9 @@ from pathlib import Path
 from luser_cli.io.atomic import atomic_write
 
 
-def plot_training_curves(metrics: Path, out: Path, title: str = "") -> None:
+def plot_training_curves(
+    metrics: Path, out: Path, title: str = "", loss_label: str = "MSE loss"
+) -> None:
     """Read ``metrics.jsonl`` and write a two-panel PNG (atomically)."""
     import matplotlib
 
@@ -28,12 +30,15 @@ def plot_training_curves(metrics: Path, out: Path, title: str = "") -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     if train:
         s, loss, psnr = zip(*train, strict=True)
-        ax1.semilogy(s, loss, lw=1)
+        if min(loss) > 0:  # MSE; the psnr loss (minus a PSNR in dB) is negative
+            ax1.semilogy(s, loss, lw=1)
+        else:
+            ax1.plot(s, loss, lw=1)
         ax2.plot(s, psnr, lw=0.8, alpha=0.6, label="train batch")
     if val:
         s, p = zip(*val, strict=True)
         ax2.plot(s, p, "o-", label="validation")
-    ax1.set(xlabel="step", ylabel="MSE loss", title="training loss")
+    ax1.set(xlabel="step", ylabel=loss_label, title="training loss")
     ax2.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
     ax2.legend(loc="lower right")
     if title:

@@ -63,7 +63,7 @@ def forward_backward(
     optimizer.zero_grad(set_to_none=True)
     with autocast_for(t, device):
         output = net(batch.y, batch.op, batch.x0, return_intermediates=t.aux_loss)
-        loss = reconstruction_loss(batch.x, output, t.aux_loss)
+        loss = reconstruction_loss(batch.x, output, t.aux_loss, t.loss)
     loss.backward()
     return output, loss
 
