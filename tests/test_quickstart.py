@@ -25,6 +25,7 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     assert (out / "run" / ckpt.LAST).is_file()
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["settings"]["steps"] == 2 and summary["eval"]["n_images"] == 2
+    assert summary["settings"]["initial"] == summary["settings"]["data_step"] == "fbp"
     assert summary["eval"]["best_classical"] == "tv"
     assert summary["eval"]["model_minus_best_classical_db"] == pytest.approx(
         summary["eval"]["model_psnr"] - summary["eval"]["best_classical_psnr"]
@@ -33,6 +34,8 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
     assert preset["model"]["data_step"] == "fbp" and preset["train"]["loss"] == "psnr"
+    assert preset["solver"]["forward"]["tol"] == preset["solver"]["backward"]["tol"] == 1e-2
+    assert "--fp-tol 0.01 --bwd-tol 0.01" in err
     assert "--initial fbp" in err and "luser reconstruct" in err
     assert "held-out built-in ct images" in stdout
 
@@ -60,3 +63,4 @@ def test_settings_default_data_step() -> None:
     assert QuickstartSettings(task="deblur").data_step_kind() == "gradient"
     assert QuickstartSettings(data_step="gradient").data_step_kind() == "gradient"
     assert "--data-step fbp" in " ".join(QuickstartSettings().train_args(Path("r")))
+    assert "--fp-tol" not in QuickstartSettings(tol=None).train_args(Path("r"))

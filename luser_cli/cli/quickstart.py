@@ -30,7 +30,10 @@ def quickstart(
     loss: str = typer.Option(
         "psnr", "--loss", help="Training loss: psnr (mean per-image 10 log10 MSE) or mse."
     ),
-    eval_images: int = typer.Option(32, "--eval-images", help="Held-out images to evaluate on."),
+    tol: float | None = typer.Option(
+        1e-2, "--tol", help="Forward and backward fixed-point tolerance (the preset's: 1e-3)."
+    ),
+    eval_images: int = typer.Option(128, "--eval-images", help="Held-out images to evaluate on."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
@@ -61,6 +64,7 @@ def quickstart(
         initial,
         data_step,
         loss,
+        tol,
     )
     s = run_quickstart(out, settings, progress=progress, log=lambda m: typer.echo(m, err=True))
     e = s["eval"]
