@@ -64,3 +64,14 @@ def test_settings_default_data_step() -> None:
     assert QuickstartSettings(data_step="gradient").data_step_kind() == "gradient"
     assert "--data-step fbp" in " ".join(QuickstartSettings().train_args(Path("r")))
     assert "--fp-tol" not in QuickstartSettings(tol=None).train_args(Path("r"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [(["--loss", "l2"], "train.loss"), (["--tol", "-1"], "solver.forward.tol")],
+)
+def test_quickstart_refuses_bad_settings(args: list[str], expect: str, tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    code, _, err = run_cli(["quickstart", *args, "--out", out, *TINY])
+    assert_clean_error(code, err, expect=expect)
+    assert not out.exists()
