@@ -33,29 +33,27 @@ class QuickstartSettings:
     #: 32-image mean of model - TV moved by ~0.5 dB between seeds (examples/quality-bars.md).
     eval_images: int = 128
     seed: int = 0
-    initial: str | None = None  # fbp for CT, the paper's (auto) otherwise, when None
-    data_step: str | None = None  # fbp for CT, the paper's (gradient) otherwise, when None
+    initial: str | None = None  # None: fbp for CT, the paper's (auto) otherwise
+    data_step: str | None = None  # None: fbp for CT, the paper's (gradient) otherwise
     loss: str = "psnr"
     #: Forward and backward fixed-point tolerance (the preset's 1e-3 when None): the equilibria
     #: deepen as LUSER-DW trains, and 1e-2 keeps the late steps cheap (examples/quality-bars.md).
     tol: float | None = 1e-2
 
-    def initial_estimate(self) -> str:
-        if self.initial is not None:
-            return self.initial
-        return "fbp" if self.task == "ct" else "auto"
-
-    def data_step_kind(self) -> str:
-        if self.data_step is not None:
-            return self.data_step
-        return "fbp" if self.task == "ct" else "gradient"
+    def __post_init__(self) -> None:
+        # Resolved once, so the command line, the preset and quickstart.json all say the same.
+        ct = self.task == "ct"
+        if self.initial is None:
+            object.__setattr__(self, "initial", "fbp" if ct else "auto")
+        if self.data_step is None:
+            object.__setattr__(self, "data_step", "fbp" if ct else "gradient")
 
     def train_args(self, run: Path) -> list[str]:
         args = [
             "luser", "train", "--task", self.task, "--model", self.model,
             "--image-size", str(self.image_size), "--steps", str(self.steps),
-            "--batch-size", str(self.batch_size), "--initial", self.initial_estimate(),
-            "--data-step", self.data_step_kind(), "--loss", self.loss,
+            "--batch-size", str(self.batch_size), "--initial", str(self.initial),
+            "--data-step", str(self.data_step), "--loss", self.loss,
             "--seed", str(self.seed), "--out", str(run),
         ]  # fmt: skip
         if self.tol is not None:
@@ -96,8 +94,8 @@ def run_quickstart(
             "train.batch_size": s.batch_size,
             "train.lr": s.lr,
             "train.seed": s.seed,
-            "model.initial": s.initial_estimate(),
-            "model.data_step": s.data_step_kind(),
+            "model.initial": s.initial,
+            "model.data_step": s.data_step,
             "train.loss": s.loss,
             "solver.forward.tol": s.tol,
             "solver.backward.tol": s.tol,
@@ -141,7 +139,7 @@ def run_quickstart(
 
     metrics = result["metrics"]
     summary = {
-        "settings": {**asdict(s), "initial": s.initial_estimate(), "data_step": s.data_step_kind()},
+        "settings": asdict(s),
         "train": summary_train,
         "eval": {
             "n_images": result["n_images"],

@@ -243,3 +243,12 @@ def test_psnr_loss_is_minus_the_mean_per_image_psnr_and_weights_images_equally()
     aux = reconstruction_loss(x, (out, stages), aux_loss=True, kind="psnr")
     per_stage = [reconstruction_loss(x, s, aux_loss=False, kind="psnr") for s in stages]
     assert float(aux.detach()) == pytest.approx(float(sum(per_stage).detach() / 2))
+
+
+def test_info_cli_refuses_a_preset_for_another_task(tmp_path) -> None:
+    from fixtures.cli import assert_clean_error, run_cli
+
+    preset = tmp_path / "ct.toml"
+    preset.write_text('task = "ct"\nimage_size = 32\n')
+    code, _, err = run_cli(["info", "--task", "mri4x", "--model", "luser-dw", "--preset", preset])
+    assert_clean_error(code, err, expect="is for task 'ct', not 'mri4x'")

@@ -53,15 +53,15 @@ def test_quickstart_refuses_fbp_for_another_task(flag: str, expect: str, tmp_pat
 
 
 def test_settings_default_initial_estimate() -> None:
-    assert QuickstartSettings().initial_estimate() == "fbp"
-    assert QuickstartSettings(task="mri4x").initial_estimate() == "auto"
-    assert QuickstartSettings(task="ct", initial="adjoint").initial_estimate() == "adjoint"
+    assert QuickstartSettings().initial == "fbp"
+    assert QuickstartSettings(task="mri4x").initial == "auto"
+    assert QuickstartSettings(task="ct", initial="adjoint").initial == "adjoint"
 
 
 def test_settings_default_data_step() -> None:
-    assert QuickstartSettings().data_step_kind() == "fbp"
-    assert QuickstartSettings(task="deblur").data_step_kind() == "gradient"
-    assert QuickstartSettings(data_step="gradient").data_step_kind() == "gradient"
+    assert QuickstartSettings().data_step == "fbp"
+    assert QuickstartSettings(task="deblur").data_step == "gradient"
+    assert QuickstartSettings(data_step="gradient").data_step == "gradient"
     assert "--data-step fbp" in " ".join(QuickstartSettings().train_args(Path("r")))
     assert "--fp-tol" not in QuickstartSettings(tol=None).train_args(Path("r"))
 

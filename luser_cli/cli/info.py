@@ -23,22 +23,19 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
+    from luser_cli.errors import ConfigError
     from luser_cli.models.describe import describe_model
-    from luser_cli.models.registry import build_model, check_model_name
+    from luser_cli.models.registry import check_model_name
     from luser_cli.tasks import get_task
     from luser_cli.training.config import load_preset, preset_for_task
+    from luser_cli.training.step import build_training_model
 
     get_task(task)
     check_model_name(model)
     cfg = load_preset(preset) if preset is not None else preset_for_task(task)
-    net = build_model(
-        model,
-        task,
-        step_scale=1.0,
-        stages=cfg.model.stages,
-        equilibrium=cfg.solver,
-        data_step=cfg.model.data_step,
-    )
+    if cfg.task != task:
+        raise ConfigError(f"preset {preset} is for task {cfg.task!r}, not {task!r}")
+    net = build_training_model(cfg, model, step_scale=1.0)
     data = describe_model(net, task, cfg.solver.model_dump())
     if as_json:
         typer.echo(json.dumps(data, indent=2))

@@ -53,18 +53,18 @@ def quickstart(
     if (out / "run" / "checkpoint_last.pt").exists():
         raise ConfigError(f"{out} already holds a quickstart run; choose another --out")
     settings = QuickstartSettings(
-        task,
-        model,
-        image_size,
-        steps,
-        batch_size,
-        lr,
-        eval_images,
-        seed,
-        initial,
-        data_step,
-        loss,
-        tol,
+        task=task,
+        model=model,
+        image_size=image_size,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        eval_images=eval_images,
+        seed=seed,
+        initial=initial,
+        data_step=data_step,
+        loss=loss,
+        tol=tol,
     )
     s = run_quickstart(out, settings, progress=progress, log=lambda m: typer.echo(m, err=True))
     e = s["eval"]

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from luser_cli.io.atomic import atomic_write
 
+#: y-axis label of the loss panel per ``train.loss``; the MSE is drawn on a log axis, the psnr
+#: loss (a negative number of dB) on a linear one.
+LOSS_LABELS = {"mse": "MSE loss", "psnr": "loss: mean 10 log10(MSE) (dB)"}
 
-def plot_training_curves(
-    metrics: Path, out: Path, title: str = "", loss_label: str = "MSE loss"
-) -> None:
-    """Read ``metrics.jsonl`` and write a two-panel PNG (atomically)."""
+
+def plot_training_curves(metrics: Path, out: Path, title: str = "", loss: str = "mse") -> None:
+    """Read ``metrics.jsonl`` and write a two-panel PNG (atomically); ``loss`` is the run's
+    ``train.loss``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,16 +32,13 @@ def plot_training_curves(
             train.append((row["step"], row["loss"], row.get("psnr")))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     if train:
-        s, loss, psnr = zip(*train, strict=True)
-        if min(loss) > 0:  # MSE; the psnr loss (minus a PSNR in dB) is negative
-            ax1.semilogy(s, loss, lw=1)
-        else:
-            ax1.plot(s, loss, lw=1)
+        s, values, psnr = zip(*train, strict=True)
+        (ax1.semilogy if loss == "mse" else ax1.plot)(s, values, lw=1)
         ax2.plot(s, psnr, lw=0.8, alpha=0.6, label="train batch")
     if val:
         s, p = zip(*val, strict=True)
         ax2.plot(s, p, "o-", label="validation")
-    ax1.set(xlabel="step", ylabel=loss_label, title="training loss")
+    ax1.set(xlabel="step", ylabel=LOSS_LABELS[loss], title="training loss")
     ax2.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
     ax2.legend(loc="lower right")
     if title:

@@ -53,8 +53,6 @@ from luser_cli.training.step import (
 
 EXPLODED_RESIDUAL = 1e3  # a forward residual above this marks the fixed point as exploded
 PLOT_EVERY_S = 60.0  # least seconds between redraws of training_curve.png during a run
-#: y-axis label of the loss panel of training_curve.png, per ``train.loss``.
-LOSS_LABELS = {"mse": "MSE loss", "psnr": "loss: mean 10 log10(MSE) (dB)"}
 VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT_EPOCH)
 
 
@@ -626,7 +624,7 @@ class Trainer:
                 self._metrics_path(),
                 self.out / "training_curve.png",
                 title=f"{self.model_name} on {self.preset.task}",
-                loss_label=LOSS_LABELS[self.preset.train.loss],
+                loss=self.preset.train.loss,
             )
         self._last_plot = now
 
