@@ -1,8 +1,9 @@
 """Micro-benchmark of the four models at the paper's image sizes (issue 3's performance check).
 
 For each task (CT 362 x 362, MRI 320 x 320 by default) and model, one real training step at
-batch 1 on this machine, built exactly as ``luser train`` builds it (preset solver settings,
-Adam, the MSE loss on the final output):
+batch 1 on this machine, built exactly as ``luser train`` builds it from the paper-recipe presets
+(``ct-paper`` for CT; ``--recipe shipped`` for the presets ``luser train`` uses by default):
+preset solver settings, Adam, the MSE loss on the final output:
 
 * forward and backward wall time, and both divided by the K = 8 stages;
 * forward / backward fixed-point iterations per stage (mean over stages);
@@ -28,7 +29,7 @@ import torch
 
 from luser_cli.bench.machine import load_average, machine_info, now_iso
 from luser_cli.bench.memory import build_real_step
-from luser_cli.memprobe.oracles import probe_preset
+from luser_cli.memprobe.oracles import RECIPES, probe_preset
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES, count_parameters, is_equilibrium_model
 from luser_cli.solvers.config import FP_GRAPHS
@@ -37,8 +38,14 @@ from luser_cli.training.step import reconstruction_loss
 GIB = 2**30
 
 
-def one_step(task: str, model_name: str, size: int | None, graph: str | None = None) -> dict:
-    preset = probe_preset(task, size, graph)
+def one_step(
+    task: str,
+    model_name: str,
+    size: int | None,
+    graph: str | None = None,
+    recipe: str = "paper",
+) -> dict:
+    preset = probe_preset(task, size, graph, recipe)
     model, optimizer, b = build_real_step(preset, model_name, 1)
     tracker = StorageTracker()
     track_training_state(tracker, model, optimizer, b)
@@ -89,6 +96,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
     ap.add_argument("--image-size", type=int, default=None, help="default: the presets' sizes")
     ap.add_argument("--fp-graph", choices=FP_GRAPHS, default=None, help="default: the presets'")
+    ap.add_argument("--recipe", choices=RECIPES, default="paper", help="default: the paper's")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -96,7 +104,7 @@ def main() -> None:
     load0 = load_average()
     for task in args.tasks:
         for m in args.models:
-            row = one_step(task, m, args.image_size, args.fp_graph)
+            row = one_step(task, m, args.image_size, args.fp_graph, args.recipe)
             rows.append(row)
             print(json.dumps(row), flush=True)
     lu = {r["task"]: r for r in rows if r["model"] == "lu-dncnn"}

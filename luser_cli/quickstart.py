@@ -26,7 +26,7 @@ class QuickstartSettings:
     task: str = "ct"
     model: str = "luser-dw"
     image_size: int = 64
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 4
     lr: float | None = 3e-3  # the preset's when None
     #: 128, not the preset's 32: TV's per-image PSNR spreads by ~4 dB on the phantoms, so a

@@ -208,13 +208,18 @@ def test_train_and_eval_on_real_formats(tmp_path: Path, task: str, maker) -> Non
 def test_fbp_start_and_data_step_are_trained_stored_and_used_by_reconstruct(
     tmp_path: Path,
 ) -> None:
-    """``--initial fbp --data-step fbp`` (CT): stored in the run's preset; the loaded model
-    takes FBP data steps, and reconstruct starts from the FBP."""
+    """``--initial fbp --data-step fbp --ray-weights 0.5`` (CT, ct.toml's recipe, spelled out):
+    stored in the run's preset; the loaded model takes count-weighted FBP data steps, and
+    reconstruct starts from the FBP."""
     run = tmp_path / "ct"
-    train(run, "ct", "luser-dw", 16, "--initial", "fbp", "--data-step", "fbp")
+    train(
+        run, "ct", "luser-dw", 16, "--initial", "fbp", "--data-step", "fbp", "--ray-weights", "0.5"
+    )
     trained = load_trained(run, "cpu")
     assert trained.preset.model.initial == "fbp"
     assert trained.preset.model.data_step == trained.model.data_step == "fbp"
+    assert trained.preset.model.ray_weight_power == trained.model.ray_weight_power == 0.5
+    assert trained.model.mu_max == trained.preset.physics["mu_max"]
     op = build_operator("ct", 16)
     x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     y = simulate(op, build_noise("ct"), x, torch.Generator().manual_seed(1))
@@ -224,8 +229,11 @@ def test_fbp_start_and_data_step_are_trained_stored_and_used_by_reconstruct(
         got = method("ct", op, y)
         want = trained.model(y, op, x0)
         adjoint_start = trained.model(y, op, op.A_adjoint(y) / op.norm_sq())
+        trained.model.ray_weight_power = 0.0
+        unweighted = trained.model(y, op, x0)
         trained.model.data_step = "gradient"
         gradient_steps = trained.model(y, op, x0)
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, adjoint_start)
+    assert not torch.allclose(got, unweighted)
     assert not torch.allclose(got, gradient_steps)

@@ -368,6 +368,7 @@ def test_cli_writes_json_rows_and_a_table(tmp_path: Path) -> None:
         (["--backend", "tpu"], "backend"),
         (["--context-gb", "-1"], "context"),
         (["--fp-graph", "both"], "--fp-graph"),
+        (["--recipe", "ours"], "--recipe must be one of shipped, paper"),
         (["--task", "ct", "banana"], "unexpected argument"),
     ],
 )
@@ -391,7 +392,25 @@ def test_sim_runs_the_fbp_data_step_on_the_stand_in() -> None:
     tensors) before ``A^T``: it runs on the stand-in and peaks close to the gradient step,
     never below it (the filter only adds sinogram-sized temporaries)."""
     peaks = []
-    for step in ("gradient", "fbp"):
-        preset = apply_overrides(probe_preset("ct", 24), {"model.data_step": step})
+    for step, power in (("gradient", 0.0), ("fbp", 0.0), ("fbp", 0.5)):
+        overrides = {"model.data_step": step, "model.ray_weight_power": power}
+        preset = apply_overrides(probe_preset("ct", 24), overrides)
         peaks.append(SimOracle("ct", "luser-dw", 24, preset=preset).simulate(2))
     assert peaks[0] <= peaks[1] <= 1.1 * peaks[0]
+    assert peaks[1] <= peaks[2] <= 1.1 * peaks[0]  # the ray weights: one more sinogram
+
+
+def test_recipe_picks_the_shipped_or_the_paper_preset() -> None:
+    """``--recipe shipped`` probes what ``luser train`` trains (ct.toml: weighted FBP steps),
+    ``--recipe paper`` the paper's recipe that Table 3 measured (ct-paper.toml)."""
+    from luser_cli.memprobe.probe import run_probe
+
+    shipped, paper = probe_preset("ct", 24), probe_preset("ct", 24, recipe="paper")
+    assert (shipped.model.data_step, shipped.model.ray_weight_power) == ("fbp", 0.5)
+    assert (paper.model.data_step, paper.model.initial) == ("gradient", "auto")
+    assert probe_preset("mri4x", recipe="paper") == probe_preset("mri4x")
+    for recipe, name in (("paper", "ct-paper"), ("shipped", "ct")):
+        rows = run_probe(
+            ["ct"], ["luser-sw"], [0.25], image_size=16, backend="sim", cap=2, recipe=recipe
+        )
+        assert [r["preset"] for r in rows] == [name]

@@ -197,6 +197,71 @@ def test_fbp_data_step_is_a_filtered_back_projection_of_the_residual(name: str) 
         build_model(name, "mri4x", step_scale=1.0, data_step="fbp")(mri_y, mri_op, mri_x0)
 
 
+def test_count_weights_are_relative_photon_counts_with_mean_one() -> None:
+    from luser_cli.models.unrolled import count_weights
+
+    y = torch.rand(2, 1, 5, 7, dtype=torch.float64) * 0.05
+    y[0, 0, 0, 0] = -0.01  # noise can make a post-log value negative: clamped to 0
+    y.requires_grad_(True)
+    for power in (1.0, 0.5):
+        w = count_weights(y, 81.35858, power)
+        want = torch.exp(-81.35858 * power * y.detach().clamp_min(0))
+        want = want / want.mean(dim=(1, 2, 3), keepdim=True)
+        torch.testing.assert_close(w, want)
+        torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(2, dtype=torch.float64))
+        assert not w.requires_grad  # weights are data, not a path for gradients into y
+    # More photons (a smaller line integral) -> a larger weight; a higher power spreads more.
+    w = count_weights(y, 81.35858, 0.5)
+    assert w[1].flatten()[y[1].flatten().argmin()] == w[1].max()
+    assert count_weights(y, 81.35858, 1.0).std() > w.std()
+
+
+@pytest.mark.parametrize("name", ["luser-dw", "deq4ip"])
+def test_weighted_data_step_back_projects_the_weighted_residual(name: str) -> None:
+    """``ray_weight_power``: ``d = x + step B (W (y - A x))`` with the count weights of ``y``,
+    the same parameters, and the unweighted model unchanged."""
+    from luser_cli.models.unrolled import count_weights
+    from luser_cli.operators.fbp import filtered_back_projection
+
+    op, _, y, x0 = _problem("ct")
+    scale = 1.0 / float(op.norm_sq())
+    mu = 81.35858
+    plain = build_model(name, "ct", step_scale=scale, data_step="fbp")
+    for power in (0.5, 1.0):
+        weighted = build_model(
+            name, "ct", step_scale=scale, data_step="fbp", ray_weight_power=power, mu_max=mu
+        )
+        assert count_parameters(weighted) == count_parameters(plain)
+        weighted.load_state_dict(plain.state_dict())  # no new parameters or buffers
+        with torch.no_grad():
+            weighted.step.fill_(0.7)
+            plain.step.fill_(0.7)
+            r = y - op.A(x0)
+            w = count_weights(y, mu, power)
+            want = x0 + 0.7 * filtered_back_projection(op, w * r, filter="hann")
+            torch.testing.assert_close(weighted.gradient_step(x0, y, op), want)
+            want_plain = x0 + 0.7 * filtered_back_projection(op, r, filter="hann")
+            torch.testing.assert_close(plain.gradient_step(x0, y, op), want_plain)
+            weighted.eval()
+            plain.eval()
+            assert not torch.allclose(weighted(y, op, x0), plain(y, op, x0))
+        weighted.train()
+        weighted(y, op, x0).square().sum().backward()
+        assert weighted.step.grad is not None and torch.isfinite(weighted.step.grad)
+    with pytest.raises(ValueError, match="need the data's mu_max"):
+        build_model(name, "ct", step_scale=scale, ray_weight_power=0.5)
+
+
+def test_ray_weights_are_refused_outside_ct_and_outside_0_to_1() -> None:
+    from luser_cli.errors import ConfigError
+    from luser_cli.training.config import apply_overrides, preset_for_task
+
+    with pytest.raises(ConfigError, match=r"ray_weight_power: .* not task 'mri4x'"):
+        apply_overrides(preset_for_task("mri4x"), {"model.ray_weight_power": 0.5})
+    with pytest.raises(ConfigError, match=r"ray_weight_power: .*less than or equal to 1"):
+        apply_overrides(preset_for_task("ct"), {"model.ray_weight_power": 2.0})
+
+
 def test_info_cli_reports_counts_operator_calls_and_the_data_step(tmp_path) -> None:
     import json
 
@@ -207,13 +272,13 @@ def test_info_cli_reports_counts_operator_calls_and_the_data_step(tmp_path) -> N
     data = json.loads(out)
     assert data["parameters"] == EXPECTED["ct"]["luser-dw"]
     assert data["operator_applications"]["A"] == data["operator_applications"]["A_adjoint"] == 8
-    assert data["data_step"].startswith("gradient")
-    preset = tmp_path / "fbp.toml"
-    preset.write_text('task = "ct"\nimage_size = 32\n[model]\ndata_step = "fbp"\n')
-    args = ["info", "--task", "ct", "--model", "luser-dw", "--preset", preset, "--json"]
+    assert data["data_step"].startswith("fbp")  # ct.toml's
+    assert data["ray_weights"].startswith("p = 0.5")
+    args = ["info", "--task", "ct", "--model", "luser-dw", "--preset", "ct-paper", "--json"]
     code, out, err = run_cli(args)
     assert code == 0, err
-    assert json.loads(out)["data_step"].startswith("fbp")
+    assert json.loads(out)["data_step"].startswith("gradient")
+    assert json.loads(out)["ray_weights"].startswith("none")
     assert json.loads(out)["parameters"] == EXPECTED["ct"]["luser-dw"]  # no new parameters
 
 

@@ -34,6 +34,8 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
     assert preset["model"]["data_step"] == "fbp" and preset["train"]["loss"] == "psnr"
+    # ct.toml's photon-count ray weights and wsd schedule come with the preset.
+    assert preset["model"]["ray_weight_power"] == 0.5 and preset["train"]["scheduler"] == "wsd"
     assert preset["solver"]["forward"]["tol"] == preset["solver"]["backward"]["tol"] == 1e-2
     assert "--fp-tol 0.01 --bwd-tol 0.01" in err
     assert "--initial fbp" in err and "luser reconstruct" in err
@@ -53,7 +55,7 @@ def test_quickstart_refuses_fbp_for_another_task(flag: str, expect: str, tmp_pat
 
 
 def test_settings_default_initial_estimate() -> None:
-    assert QuickstartSettings().initial == "fbp"
+    assert QuickstartSettings().initial == "fbp" and QuickstartSettings().steps == 500
     assert QuickstartSettings(task="mri4x").initial == "auto"
     assert QuickstartSettings(task="ct", initial="adjoint").initial == "adjoint"
 

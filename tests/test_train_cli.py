@@ -179,6 +179,8 @@ def test_bad_preset_file_is_rejected_naming_the_field(
         (["--initial", "sirt"], "model.initial"),
         (["--data-step", "fbp"], "model.data_step: fbp (filtered back-projection) is for CT"),
         (["--data-step", "newton"], "model.data_step"),
+        (["--ray-weights", "0.5"], "model.ray_weight_power: photon-count weights are for CT"),
+        (["--scheduler", "step"], "train.scheduler"),
         (["--loss", "l1"], "train.loss"),
         (["--steps", "0"], "train.steps"),
         (["--image-size", "2"], "image_size"),

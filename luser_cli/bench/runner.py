@@ -1,9 +1,10 @@
 """Run the paper comparison: every task x model x loss cell trained and evaluated alike.
 
 Each cell is one ``luser train`` run (:class:`~luser_cli.training.loop.Trainer`, the same code
-path as the command) with the task's shipped preset and the bench's image size, steps, batch
-size and seed, followed by ``luser eval`` (:func:`~luser_cli.evaluation.runner.evaluate`) on the
-same held-out built-in test images for every model, and a measurement of the training memory
+path as the command) with the task's paper-recipe preset (``ct-paper`` for CT, the task's own
+preset elsewhere) and the bench's image size, steps, batch size and seed, followed by
+``luser eval`` (:func:`~luser_cli.evaluation.runner.evaluate`) on the same held-out built-in
+test images for every model, and a measurement of the training memory
 (:mod:`luser_cli.bench.memory`). Only the bench's own settings are overridden; learning rates,
 solvers and everything else come from the presets, identical for every model of a task.
 
@@ -33,7 +34,12 @@ from luser_cli.errors import ConfigError, LuserError
 from luser_cli.io.atomic import atomic_write
 from luser_cli.models.registry import MODEL_NAMES, check_model_name
 from luser_cli.tasks import TASK_NAMES, get_task
-from luser_cli.training.config import Preset, apply_overrides, preset_for_task
+from luser_cli.training.config import (
+    Preset,
+    apply_overrides,
+    paper_preset_for_task,
+    paper_preset_name,
+)
 
 __all__ = [
     "CELL_FILE",
@@ -115,9 +121,10 @@ class BenchSettings:
         ]
 
     def preset(self, task: str, loss: str) -> Preset:
-        """The task's shipped preset with the bench's settings (the only overrides)."""
+        """The task's paper-recipe preset (``ct-paper`` for CT) with the bench's settings (the
+        only overrides)."""
         return apply_overrides(
-            preset_for_task(task),
+            paper_preset_for_task(task),
             {
                 "image_size": self.image_size,
                 "train.steps": self.steps,
@@ -134,7 +141,8 @@ class BenchSettings:
     def train_command(self, task: str, model: str, loss: str) -> str:
         """The ``luser train`` command that trains the same model into the same folder."""
         return (
-            f"luser train --task {task} --model {model} --image-size {self.image_size} "
+            f"luser train --task {task} --preset {paper_preset_name(task)} --model {model} "
+            f"--image-size {self.image_size} "
             f"--steps {self.steps} --batch-size {self.batch_size} --seed {self.seed} "
             f"--{'aux' if loss == 'aux' else 'final'}-loss --val-size {VAL_SIZE} "
             f"--out {self.cell_dir(task, model, loss)}"
@@ -147,7 +155,7 @@ class BenchSettings:
         for k in ("tasks", "models", "losses"):
             d[k] = list(d[k])
         d["val_size"] = VAL_SIZE
-        d["learning_rates"] = {t: preset_for_task(t).train.lr for t in self.tasks}
+        d["learning_rates"] = {t: paper_preset_for_task(t).train.lr for t in self.tasks}
         return d
 
 

@@ -52,6 +52,7 @@ def info(
         "prox_networks",
         "prox_parameters_each",
         "data_step",
+        "ray_weights",
     ):
         if key in data:
             value = (

@@ -69,6 +69,12 @@ def memprobe(
             "(the graph of one block application, as torchdeq and the paper's code)."
         ),
     ),
+    recipe: str = typer.Option(
+        "shipped",
+        "--recipe",
+        help="shipped: each task's preset, what `luser train` trains; paper: the paper's recipe "
+        "(ct-paper for CT: A^T y start, gradient steps), as Table 3 measured.",
+    ),
     cap: int = typer.Option(4096, "--cap", help="Largest batch size searched."),
     iterations: int = typer.Option(
         1,
@@ -159,6 +165,7 @@ def memprobe(
             jobs=n_jobs,
             reporter=reporter,
             graph=fp_graph,
+            recipe=recipe,
         )
     finally:
         if reporter is not None:
@@ -181,6 +188,7 @@ def memprobe(
         "allowance": allowance.as_dict() if chosen == "sim" else {"context_gb": context_gb},
         "fixed_point_iterations": iterations if chosen == "sim" else None,
         "fp_graph": fp_graph or EquilibriumConfig().graph,
+        "recipe": recipe,
         "jobs": n_jobs,
         "elapsed_s": round(elapsed, 1),
         "cpu_s": _cpu_seconds(),
@@ -227,6 +235,7 @@ def _markdown_document(
         f"- backend: {meta['backend']}; allowance: "
         + ", ".join(f"{k} = {v}" for k, v in meta["allowance"].items()),
         f"- equilibrium layers (DEQ4IP, LUSER) for backward: `--fp-graph {meta['fp_graph']}`",
+        f"- presets: `--recipe {meta['recipe']}`",
         f"- time: {meta['elapsed_s']} s wall, {meta['cpu_s']} s CPU, {meta['jobs']} worker(s)"
         + (
             f" (1/5/15-min load average at start {m['load_average_start']}, "

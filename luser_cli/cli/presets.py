@@ -9,14 +9,16 @@ from luser_cli.cli.app import app
 
 @app.command()
 def presets(
-    show: str | None = typer.Argument(None, help="Print this task's preset TOML."),
+    show: str | None = typer.Argument(None, help="Print this preset's TOML (ct, ct-paper, ...)."),
 ) -> None:
-    """List the built-in task presets, or print one."""
+    """List the shipped presets (one per task, plus the paper's recipe where a task's preset
+    departs from it), or print one."""
     from rich.console import Console
     from rich.table import Table
 
     from luser_cli.errors import ConfigError
-    from luser_cli.training.config import builtin_presets, load_preset
+    from luser_cli.tasks import get_task
+    from luser_cli.training.config import PAPER_SUFFIX, builtin_presets, load_preset
 
     found = builtin_presets()
     if show is not None:
@@ -25,14 +27,25 @@ def presets(
         typer.echo(found[show].read_text(encoding="utf-8"), nl=False)
         return
     table = Table(title="built-in presets")
-    for col in ("task", "image", "physics", "train", "file"):
+    for col in ("preset", "task", "image", "physics", "recipe", "train", "file"):
         table.add_column(col)
-    for name, path in found.items():
+    # Each task's own preset first, then its paper-recipe variant.
+    for name, path in sorted(
+        found.items(), key=lambda kv: (kv[0].removesuffix(PAPER_SUFFIX), kv[0])
+    ):
         p = load_preset(path)
+        x0 = p.model.initial
+        if x0 == "auto":
+            x0 = "y" if get_task(p.task).initial_estimate == "measurement" else "A^T y"
+        recipe = f"x0 {x0}, {p.model.data_step} steps, {p.train.loss} loss" + (
+            ", aux" if p.train.aux_loss else ""
+        )
         phys = ", ".join(f"{k}={v}" for k, v in p.physics.items())
         t = p.train
-        train = f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, " + (
+        train = f"{t.optimizer} lr {t.lr:g} {t.scheduler}, batch {t.batch_size}, " + (
             f"{t.steps} steps" if t.steps else f"{t.epochs} epochs"
         )
-        table.add_row(name, f"{p.image_size}x{p.image_size}", phys, train, str(path))
+        table.add_row(
+            name, p.task, f"{p.image_size}x{p.image_size}", phys, recipe, train, str(path)
+        )
     Console().print(table)

@@ -16,7 +16,7 @@ def quickstart(
     task: str = typer.Option("ct", "--task", "-t", help="deblur, ct, mri4x or mri8x."),
     model: str = typer.Option("luser-dw", "--model", "-m", help="Model to train."),
     image_size: int = typer.Option(64, "--image-size", help="Image side in pixels."),
-    steps: int = typer.Option(600, "--steps", help="Training steps."),
+    steps: int = typer.Option(500, "--steps", help="Training steps."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Batch size."),
     lr: float = typer.Option(3e-3, "--lr", help="Learning rate."),
     initial: str | None = typer.Option(

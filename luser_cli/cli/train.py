@@ -17,7 +17,10 @@ def train(
         "luser-dw", "--model", "-m", help="lu-dncnn, deq4ip, luser-sw, luser-dw."
     ),
     preset: Path | None = typer.Option(
-        None, "--preset", help="Your own preset TOML (default: the task's)."
+        None,
+        "--preset",
+        help="Your own preset TOML, or a shipped preset's name such as ct-paper (the paper's "
+        "exact CT recipe); default: the task's.",
     ),
     data: str | None = typer.Option(
         None,
@@ -35,6 +38,12 @@ def train(
     warmup_steps: int | None = typer.Option(
         None, "--warmup-steps", help="Linear learning-rate warm-up steps (0: none)."
     ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="Learning rate after the warm-up: none, cosine (decay to 0), or wsd (constant, "
+        "then linear decay to 0 over the last 30%).",
+    ),
     initial: str | None = typer.Option(
         None,
         "--initial",
@@ -45,6 +54,12 @@ def train(
         "--data-step",
         help="Data-consistency step of each stage: gradient (the paper's) or fbp "
         "(FBP-preconditioned, CT).",
+    ),
+    ray_weights: float | None = typer.Option(
+        None,
+        "--ray-weights",
+        help="CT: weight each ray's residual in the data step by its relative photon count "
+        "exp(-mu_max y) to this power (0: every ray alike, the paper's; ct.toml: 0.5).",
     ),
     loss: str | None = typer.Option(
         None,
@@ -156,10 +171,12 @@ def train(
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.warmup_steps": warmup_steps,
+            "train.scheduler": scheduler,
             "train.aux_loss": aux_loss,
             "train.loss": loss,
             "model.initial": initial,
             "model.data_step": data_step,
+            "model.ray_weight_power": ray_weights,
             "train.seed": seed,
             "train.save_every": save_every,
             "train.val_every": val_every,

@@ -39,7 +39,12 @@ from luser_cli.physics import build_operator, initial_estimate, mri_masks
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import MRIPhysics, get_task
 from luser_cli.training.batches import Batch
-from luser_cli.training.config import Preset, apply_overrides, preset_for_task
+from luser_cli.training.config import (
+    Preset,
+    apply_overrides,
+    paper_preset_for_task,
+    preset_for_task,
+)
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
@@ -49,6 +54,7 @@ from luser_cli.training.step import (
 
 __all__ = [
     "GIB",
+    "RECIPES",
     "Allowance",
     "CudaOracle",
     "Oracle",
@@ -156,10 +162,19 @@ class Oracle(Protocol):
 
 
 # -- presets ------------------------------------------------------------------------------------
-def probe_preset(task: str, image_size: int | None = None, graph: str | None = None) -> Preset:
-    """The shipped preset of ``task``, at ``image_size`` and with the equilibrium layers'
-    ``solver.graph`` (``recompute`` or ``keep``) if given."""
-    preset = preset_for_task(task)
+#: Which shipped preset the probe measures: the task's own (what ``luser train`` trains) or
+#: the paper's recipe (``ct-paper`` for CT; the same preset for the other tasks).
+RECIPES: tuple[str, ...] = ("shipped", "paper")
+
+
+def probe_preset(
+    task: str, image_size: int | None = None, graph: str | None = None, recipe: str = "shipped"
+) -> Preset:
+    """The ``recipe`` preset of ``task`` (:data:`RECIPES`), at ``image_size`` and with the
+    equilibrium layers' ``solver.graph`` (``recompute`` or ``keep``) if given."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    preset = preset_for_task(task) if recipe == "shipped" else paper_preset_for_task(task)
     overrides: dict[str, Any] = {}
     if image_size is not None and image_size != preset.image_size:
         overrides["image_size"] = int(image_size)

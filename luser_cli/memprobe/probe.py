@@ -25,6 +25,7 @@ import torch
 from luser_cli.errors import ConfigError
 from luser_cli.memprobe.oracles import (
     GIB,
+    RECIPES,
     Allowance,
     CudaOracle,
     Oracle,
@@ -39,6 +40,7 @@ from luser_cli.memprobe.paper import (
 from luser_cli.memprobe.search import DEFAULT_CAP, max_batch
 from luser_cli.models.registry import MODEL_NAMES, check_model_name, is_equilibrium_model
 from luser_cli.tasks import get_task
+from luser_cli.training.config import paper_preset_name
 
 __all__ = [
     "BACKENDS",
@@ -101,10 +103,12 @@ def make_oracle(
     allowance: Allowance,
     iterations: int | None = None,
     graph: str | None = None,
+    recipe: str = "shipped",
 ) -> Oracle:
     """The oracle of ``backend`` (``sim`` or ``cuda``) for one task and model; ``graph``
-    overrides the preset's ``solver.graph`` (equilibrium models)."""
-    preset = probe_preset(task, image_size, graph)
+    overrides the preset's ``solver.graph`` (equilibrium models); ``recipe`` picks the task's
+    shipped preset or the paper's (:data:`~luser_cli.memprobe.oracles.RECIPES`)."""
+    preset = probe_preset(task, image_size, graph, recipe)
     if backend == "sim":
         kwargs = {} if iterations is None else {"iterations": iterations}
         return SimOracle(task, model, allowance=allowance, preset=preset, **kwargs)
@@ -246,6 +250,7 @@ def run_probe(
     jobs: int = 1,
     reporter: Reporter | None = None,
     graph: str | None = None,
+    recipe: str = "shipped",
 ) -> list[dict[str, Any]]:
     """The whole table: rows ordered by task, then model, then capacity (as given).
 
@@ -254,6 +259,8 @@ def run_probe(
     Radon stand-in's scratch) are computed once, in this process.
     """
     check_request(tasks, models, capacities_gb, cap)
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     chosen = resolve_backend(backend)
     allowance = allowance if allowance is not None else Allowance()
     reporter = reporter or Reporter()
@@ -263,10 +270,12 @@ def run_probe(
         rows: list[dict[str, Any]] = []
         for task, model in pairs:
             reporter.status(f"{task} {model}: building the model")
-            oracle = make_oracle(chosen, task, model, image_size, allowance, iterations, graph)
+            oracle = make_oracle(
+                chosen, task, model, image_size, allowance, iterations, graph, recipe
+            )
             rows.extend(probe_model(oracle, capacities_gb, cap, reporter))
             del oracle
-        return rows
+        return _name_presets(rows, recipe)
     job = {
         "image_size": image_size,
         "capacities": list(capacities_gb),
@@ -274,9 +283,17 @@ def run_probe(
         "cap": cap,
         "iterations": iterations,
         "graph": graph,
+        "recipe": recipe,
     }
     by_pair = _run_parallel(pairs, job, min(jobs, len(pairs)), reporter)
-    return [row for pair in pairs for row in by_pair[pair]]
+    return _name_presets([row for pair in pairs for row in by_pair[pair]], recipe)
+
+
+def _name_presets(rows: list[dict[str, Any]], recipe: str) -> list[dict[str, Any]]:
+    """Record in each row which shipped preset it measured (``ct`` or ``ct-paper``)."""
+    for row in rows:
+        row["preset"] = paper_preset_name(row["task"]) if recipe == "paper" else row["task"]
+    return rows
 
 
 def _run_parallel(
@@ -320,7 +337,7 @@ def _run_parallel(
         # cheap tasks first so that workers start while the expensive ones (CT) are prepared
         for task in sorted({p[0] for p in pairs}, key=lambda t: t == "ct"):
             reporter.status(f"{task}: operator norm (real tensors)")
-            prepared[task] = prepare(probe_preset(task, job["image_size"]))
+            prepared[task] = prepare(probe_preset(task, job["image_size"], None, job["recipe"]))
             submit_ready()
             drain()
         while running:
@@ -363,7 +380,7 @@ def _worker_probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
         spec["task"],
         spec["model"],
         allowance=Allowance(**spec["allowance"]),
-        preset=probe_preset(spec["task"], spec["image_size"], spec["graph"]),
+        preset=probe_preset(spec["task"], spec["image_size"], spec["graph"], spec["recipe"]),
         prepared=spec["prepared"],
         **kwargs,
     )

@@ -50,8 +50,10 @@ class DEQ4IP(ReconstructionModel):
         step_scale: float,
         equilibrium: EquilibriumConfig,
         data_step: DataStep = "gradient",
+        ray_weight_power: float = 0.0,
+        mu_max: float | None = None,
     ) -> None:
-        super().__init__(step_scale, data_step)
+        super().__init__(step_scale, data_step, ray_weight_power, mu_max)
         self.prox = DnCNN(channels, spectral_norm=True)
         self.equilibrium = equilibrium
 
@@ -65,12 +67,15 @@ class DEQ4IP(ReconstructionModel):
             power_iteration_(self.prox)
         self.records = []
 
-        # B y is injected once; each iteration then needs B A x only (B = step_scale A^T or FBP).
+        # B W y is injected once; each iteration then needs B W A x only (B = step_scale A^T or
+        # FBP; W the ray weights of y, fixed during the solve).
+        weights = self.ray_weights(y)
+
         def inject(y_: Tensor) -> Tensor:
-            return self.back_project(y_, op)
+            return self.back_project(y_, op, weights)
 
         def step(x: Tensor, by: Tensor) -> Tensor:
-            d = conv_layout(x + self.step * (by - self.back_project(op.A(x), op)))
+            d = conv_layout(x + self.step * (by - self.back_project(op.A(x), op, weights)))
             return d + self.prox(d)
 
         params = [p for p in self.parameters() if p.requires_grad]

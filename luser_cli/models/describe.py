@@ -15,6 +15,13 @@ DATA_STEP_TEXT: dict[str, str] = {
 }
 
 
+def ray_weights_text(power: float) -> str:
+    """``luser info``'s line for the data step's ray weights."""
+    if not power:
+        return "none: every ray alike"
+    return f"p = {power:g}: residual x exp(-mu_max y)^{power:g} (relative photon count), mean 1"
+
+
 def _layers(module: nn.Module) -> list[str]:
     """One line per leaf layer, e.g. ``Conv2d(1->32, 3x3, SN)``."""
     from torch.nn.utils import parametrize
@@ -48,6 +55,7 @@ def describe_model(model: ReconstructionModel, task: str, solver: dict | None) -
         "parameters": count_parameters(model),
         "step_size_parameters": 1,
         "data_step": DATA_STEP_TEXT[model.data_step],
+        "ray_weights": ray_weights_text(model.ray_weight_power),
     }
     if isinstance(model, LoopUnrolled):
         info["stages"] = model.stages

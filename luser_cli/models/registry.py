@@ -41,23 +41,28 @@ def build_model(
     stages: int = 8,
     equilibrium: EquilibriumConfig | None = None,
     data_step: DataStep = "gradient",
+    ray_weight_power: float = 0.0,
+    mu_max: float | None = None,
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
     ``step_scale`` is ``1 / ||A||^2`` of the task operator at the training image size;
     ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None);
-    ``data_step`` the stages' data-consistency step (:mod:`luser_cli.models.unrolled`).
+    ``data_step`` the stages' data-consistency step and ``ray_weight_power`` its per-ray weights
+    (``mu_max``: the CT data's attenuation scale), see :mod:`luser_cli.models.unrolled`.
     """
     check_model_name(name)
     channels = get_task(task).channels
     eq = equilibrium if equilibrium is not None else EquilibriumConfig()
     if name == "lu-dncnn":
-        return LoopUnrolled(name, [DnCNN(channels)], stages, step_scale, data_step=data_step)
+        return LoopUnrolled(
+            name, [DnCNN(channels)], stages, step_scale, None, data_step, ray_weight_power, mu_max
+        )
     if name == "deq4ip":
-        return DEQ4IP(channels, step_scale, eq, data_step)
+        return DEQ4IP(channels, step_scale, eq, data_step, ray_weight_power, mu_max)
     blocks = 1 if name == "luser-sw" else stages
     prox: list[nn.Module] = [ShallowEquilibriumBlock(channels) for _ in range(blocks)]
-    return LoopUnrolled(name, prox, stages, step_scale, equilibrium=eq, data_step=data_step)
+    return LoopUnrolled(name, prox, stages, step_scale, eq, data_step, ray_weight_power, mu_max)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -45,13 +45,28 @@ class ModelSettings(_Section):
         description="each stage's data-consistency step: gradient = the paper's "
         "x + step A^T(y - Ax) / ||A||^2; fbp = x + step FBP(y - Ax), preconditioned (CT only)",
     )
+    ray_weight_power: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="p: the data step weights each ray's residual by its relative photon count "
+        "exp(-mu_max y) to the p, normalised to mean 1; 0 = every ray alike (the paper's), "
+        "1 = inverse noise variance (CT's post-log Poisson data only)",
+    )
 
 
 class TrainSettings(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "cosine"] = "cosine"
+    scheduler: Literal["none", "cosine", "wsd"] = Field(
+        "cosine",
+        description="learning rate after the warm-up: none = constant; cosine = cosine decay to 0 "
+        "over the run; wsd = constant, then linear decay to 0 over the last decay_fraction",
+    )
+    decay_fraction: float = Field(
+        0.3, gt=0, le=1, description="wsd: the share of the run spent decaying the lr to 0"
+    )
     warmup_steps: int = Field(
         0, ge=0, description="linear learning-rate warm-up from lr / warmup_steps over these steps"
     )
@@ -100,6 +115,12 @@ class Preset(_Section):
     def _fbp_fits_task(self) -> Preset:
         from luser_cli.classical.methods import check_method
 
+        if self.model.ray_weight_power and self.task != "ct":
+            raise ValueError(
+                f"model.ray_weight_power: photon-count weights are for CT's post-log Poisson "
+                f"data, not task {self.task!r}; use 0"
+            )
+
         if "fbp" not in (self.model.initial, self.model.data_step):
             return self
         try:
@@ -136,16 +157,29 @@ def preset_from_dict(data: dict[str, Any], source: str = "preset") -> Preset:
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
+#: Suffix of a shipped preset that keeps the paper's exact recipe where the task's own preset
+#: departs from it (``ct-paper.toml`` next to ``ct.toml``).
+PAPER_SUFFIX = "-paper"
+
+
 def builtin_presets() -> dict[str, Path]:
-    """Task name -> path of the shipped preset."""
-    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.toml")) if p.stem in TASK_NAMES}
+    """Preset name -> path of every shipped preset: one per task (``ct``), plus the paper's
+    recipe (``ct-paper``) where the task's preset departs from the paper."""
+    found = {}
+    for p in sorted(PRESET_DIR.glob("*.toml")):
+        if p.stem in TASK_NAMES or p.stem.removesuffix(PAPER_SUFFIX) in TASK_NAMES:
+            found[p.stem] = p
+    return found
 
 
 def load_preset(path: str | Path) -> Preset:
-    """Load and validate a TOML preset file."""
+    """Load and validate a TOML preset: a file, or a shipped preset's name (``ct-paper``)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"preset file not found: {p}")
+        shipped = builtin_presets()
+        if str(path) not in shipped:
+            raise ConfigError(f"preset file not found: {p} (shipped presets: {', '.join(shipped)})")
+        p = shipped[str(path)]
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -153,13 +187,26 @@ def load_preset(path: str | Path) -> Preset:
     return preset_from_dict(data, str(p))
 
 
+def paper_preset_name(task: str) -> str:
+    """Name of the shipped preset with the paper's recipe for ``task`` (``ct-paper`` or the
+    task's own preset where that already is the paper's)."""
+    get_task(task)
+    name = task + PAPER_SUFFIX
+    return name if name in builtin_presets() else task
+
+
 def preset_for_task(task: str) -> Preset:
-    """The shipped preset of ``task``."""
+    """The shipped preset of ``task`` (what ``luser train --task`` starts from)."""
     get_task(task)
     presets = builtin_presets()
     if task not in presets:
         raise ConfigError(f"no built-in preset for task {task!r} in {PRESET_DIR}")
     return load_preset(presets[task])
+
+
+def paper_preset_for_task(task: str) -> Preset:
+    """The paper's recipe for ``task`` (what ``luser bench`` compares with the paper's tables)."""
+    return load_preset(builtin_presets()[paper_preset_name(task)])
 
 
 def apply_overrides(

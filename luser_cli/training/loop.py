@@ -44,6 +44,7 @@ from luser_cli.training.batches import Batch, BatchMaker
 from luser_cli.training.config import Preset, preset_to_toml
 from luser_cli.training.distributed import DistContext
 from luser_cli.training.sampler import BatchPlan
+from luser_cli.training.schedule import learning_rate
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
@@ -234,21 +235,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         """Learning rate of (0-based) step ``step``: a function of the step and ``lr_scale``."""
-        t = self.preset.train
-        base = t.lr * self.lr_scale
-        if t.warmup_steps:
-            # Adam's first steps are sign steps of size lr on every weight; the spectrally
-            # normalised convolutions feeding per-channel GroupNorm are scale-invariant, so such
-            # a step changes their output by as much as the output itself (measured on CT 64:
-            # one step at lr 1e-3 takes LUSER-DW from 22.3 to 11.6 dB). Ramp up instead.
-            base *= min(1.0, (step + 1) / t.warmup_steps)
-        if t.scheduler == "cosine" and self.total_steps > 1:
-            return (
-                base
-                * 0.5
-                * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-            )
-        return base
+        return learning_rate(self.preset.train, step, self.total_steps, self.lr_scale)
 
     def _state(self) -> dict[str, Any]:
         return {

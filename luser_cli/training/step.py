@@ -32,6 +32,8 @@ def build_training_model(
         stages=preset.model.stages,
         equilibrium=equilibrium if equilibrium is not None else preset.solver,
         data_step=preset.model.data_step,
+        ray_weight_power=preset.model.ray_weight_power,
+        mu_max=getattr(preset.physics_model(), "mu_max", None),
     )
 
 
