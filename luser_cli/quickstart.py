@@ -93,6 +93,8 @@ def run_quickstart(
             "train.steps": s.steps,
             "train.batch_size": s.batch_size,
             "train.lr": s.lr,
+            # as `luser train --lr`: an explicit rate replaces the preset's per-model ones
+            "train.model_lr": {} if s.lr is not None else None,
             "train.seed": s.seed,
             "model.initial": s.initial,
             "model.data_step": s.data_step,

@@ -12,6 +12,7 @@ from fixtures.cli import assert_clean_error, run_cli
 from luser_cli.bench.runner import BenchSettings
 from luser_cli.errors import ConfigError
 from luser_cli.training.config import (
+    apply_overrides,
     builtin_presets,
     load_preset,
     paper_preset_for_task,
@@ -29,6 +30,7 @@ CT_DEPARTURES = {
     "model.ray_weight_power",
     "train.loss",
     "train.lr",
+    "train.model_lr.deq4ip",
     "train.scheduler",
 }
 
@@ -110,3 +112,29 @@ def test_train_takes_a_shipped_preset_by_name(tmp_path: Path) -> None:
     )
     code, _, err = run_cli([*args[:5], "--preset", "mri4x", "--out", str(tmp_path / "r2")])
     assert_clean_error(code, err, expect="is for task 'mri4x', not 'ct'")
+
+
+def test_model_lr_replaces_lr_for_that_model_only() -> None:
+    ct = preset_for_task("ct")
+    assert ct.train.model_lr == {"deq4ip": 1e-3}
+    assert ct.for_model("deq4ip").train.lr == 1e-3
+    assert ct.for_model("luser-dw") is ct and ct.train.lr == 3e-3
+    assert ct.for_model("deq4ip").for_model("deq4ip") == ct.for_model("deq4ip")  # idempotent
+    with pytest.raises(ConfigError, match="unknown model 'unet'"):
+        apply_overrides(ct, {"train.model_lr": {"unet": 1e-3}})
+    with pytest.raises(ConfigError, match="learning rate must be in"):
+        apply_overrides(ct, {"train.model_lr": {"deq4ip": 2.0}})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_uses_the_model_lr_unless_lr_is_given(tmp_path: Path) -> None:
+    base = ["train", "--task", "ct", "--model", "deq4ip", "--image-size", "16", "--steps", "1"]
+    base += ["--batch-size", "2", "--train-size", "2", "--val-size", "2", "--threads", "1"]
+    base += ["--fp-max-iter", "3", "--bwd-max-iter", "3", "--no-progress"]
+    for extra, want in (([], 1e-3), (["--lr", "0.002"], 2e-3)):
+        run = tmp_path / f"run{len(extra)}"
+        code, _, err = run_cli([*base, *extra, "--out", str(run)])
+        assert code == 0, err
+        stored = load_preset(run / "preset.toml")
+        assert stored.train.lr == want
+        assert stored.train.model_lr == ({} if extra else {"deq4ip": 1e-3})

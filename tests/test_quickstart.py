@@ -33,6 +33,7 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     # CT starts from the FBP, and the printed train command says so.
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
+    assert preset["train"]["model_lr"] == {}  # its --lr replaces ct.toml's per-model rates
     assert preset["model"]["data_step"] == "fbp" and preset["train"]["loss"] == "psnr"
     # ct.toml's photon-count ray weights and wsd schedule come with the preset.
     assert preset["model"]["ray_weight_power"] == 0.5 and preset["train"]["scheduler"] == "wsd"

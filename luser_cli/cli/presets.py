@@ -42,7 +42,8 @@ def presets(
         )
         phys = ", ".join(f"{k}={v}" for k, v in p.physics.items())
         t = p.train
-        train = f"{t.optimizer} lr {t.lr:g} {t.scheduler}, batch {t.batch_size}, " + (
+        per_model = "".join(f" ({m} {lr:g})" for m, lr in t.model_lr.items())
+        train = f"{t.optimizer} lr {t.lr:g}{per_model} {t.scheduler}, batch {t.batch_size}, " + (
             f"{t.steps} steps" if t.steps else f"{t.epochs} epochs"
         )
         table.add_row(

@@ -191,6 +191,8 @@ def train(
             "solver.backward_mode": backward,
             "solver.graph": fp_graph,
         }
+        if lr is not None:  # an explicit --lr is the run's, whatever the model
+            overrides["train.model_lr"] = {}
         # --epochs alone must clear a step count set in the preset.
         unset = ["train.steps"] if epochs is not None and steps is None else []
         cfg = apply_overrides(base, overrides, unset=unset)

@@ -58,6 +58,11 @@ class ModelSettings(_Section):
 class TrainSettings(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0, lt=1)
+    model_lr: dict[str, float] = Field(
+        default_factory=dict,
+        description="learning rate per model name, replacing lr for that model "
+        "(ct.toml: deq4ip = 1e-3); an explicit --lr replaces both",
+    )
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["none", "cosine", "wsd"] = Field(
         "cosine",
@@ -85,6 +90,18 @@ class TrainSettings(_Section):
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     bf16: bool = Field(False, description="bfloat16 autocast of the networks (CUDA, or AMX CPUs)")
     max_rollbacks: int = Field(3, ge=0, description="NaN/divergence recoveries before stopping")
+
+    @field_validator("model_lr")
+    @classmethod
+    def _known_models(cls, value: dict[str, float]) -> dict[str, float]:
+        from luser_cli.models.registry import MODEL_NAMES
+
+        for name, lr in value.items():
+            if name not in MODEL_NAMES:
+                raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+            if not 0 < lr < 1:
+                raise ValueError(f"{name}: learning rate must be in (0, 1), got {lr}")
+        return value
 
 
 class DataSettings(_Section):
@@ -133,6 +150,14 @@ class Preset(_Section):
                 f"{self.task!r}; use gradient"
             ) from None
         return self
+
+    def for_model(self, model_name: str) -> Preset:
+        """This preset as ``model_name`` trains it: ``train.lr`` taken from ``train.model_lr``
+        when that names the model (idempotent)."""
+        lr = self.train.model_lr.get(model_name)
+        if lr is None or lr == self.train.lr:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
 
     def physics_model(self):  # -> the task's typed physics settings
         return resolve_physics(self.task, self.physics)

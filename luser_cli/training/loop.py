@@ -170,6 +170,7 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
     ) -> None:
+        preset = preset.for_model(model_name)  # a per-model learning rate (train.model_lr)
         self.preset = preset
         self.model_name = model_name
         self.out = Path(out_dir)
