@@ -117,6 +117,17 @@ InitialEstimate = Literal["auto", "adjoint", "fbp"]
 INITIAL_ESTIMATES: tuple[str, ...] = get_args(InitialEstimate)
 
 
+def resolve_initial(task: str | TaskSpec, kind: str = "auto") -> str:
+    """What initial estimate ``kind`` is for ``task``: ``measurement`` (``y``), ``adjoint``
+    (``A^T y / ||A||^2``) or ``fbp``; ``auto`` resolves to the paper's for the task."""
+    spec = get_task(task) if isinstance(task, str) else task
+    if kind not in INITIAL_ESTIMATES:
+        raise ConfigError(
+            f"unknown initial estimate {kind!r}; choose one of: {', '.join(INITIAL_ESTIMATES)}"
+        )
+    return spec.initial_estimate if kind == "auto" else kind
+
+
 def initial_estimate(
     task: str | TaskSpec, op: LinearOperator, y: Tensor, kind: str = "auto"
 ) -> Tensor:
@@ -129,15 +140,12 @@ def initial_estimate(
     Hann filtered back-projection, the initialisation the paper notes other CT work uses.
     """
     spec = get_task(task) if isinstance(task, str) else task
-    if kind not in INITIAL_ESTIMATES:
-        raise ConfigError(
-            f"unknown initial estimate {kind!r}; choose one of: {', '.join(INITIAL_ESTIMATES)}"
-        )
-    if kind == "fbp":
+    resolved = resolve_initial(spec, kind)
+    if resolved == "fbp":
         from luser_cli.classical.methods import reconstruct_classical
 
         return reconstruct_classical("fbp", spec.name, op, y)  # refuses tasks other than CT
-    if kind == "auto" and spec.initial_estimate == "measurement":
+    if resolved == "measurement":
         return y
     return op.A_adjoint(y) / op.norm_sq()
 

@@ -33,20 +33,23 @@ class QuickstartSettings:
     #: 32-image mean of model - TV moved by ~0.5 dB between seeds (examples/quality-bars.md).
     eval_images: int = 128
     seed: int = 0
-    initial: str | None = None  # None: fbp for CT, the paper's (auto) otherwise
-    data_step: str | None = None  # None: fbp for CT, the paper's (gradient) otherwise
+    initial: str | None = None  # None: the task preset's (ct.toml: fbp; the others: auto)
+    data_step: str | None = None  # None: the task preset's (ct.toml: fbp; the others: gradient)
     loss: str = "psnr"
     #: Forward and backward fixed-point tolerance (the preset's 1e-3 when None): the equilibria
     #: deepen as LUSER-DW trains, and 1e-2 keeps the late steps cheap (examples/quality-bars.md).
     tol: float | None = 1e-2
 
     def __post_init__(self) -> None:
-        # Resolved once, so the command line, the preset and quickstart.json all say the same.
-        ct = self.task == "ct"
+        # Resolved once from the preset, so the command line, the run's preset and
+        # quickstart.json all say the same.
+        from luser_cli.training.config import preset_for_task
+
+        model = preset_for_task(self.task).model
         if self.initial is None:
-            object.__setattr__(self, "initial", "fbp" if ct else "auto")
+            object.__setattr__(self, "initial", model.initial)
         if self.data_step is None:
-            object.__setattr__(self, "data_step", "fbp" if ct else "gradient")
+            object.__setattr__(self, "data_step", model.data_step)
 
     def train_args(self, run: Path) -> list[str]:
         args = [
@@ -82,7 +85,7 @@ def run_quickstart(
     from luser_cli.reconstruct import reconstruct_file
     from luser_cli.runs import load_trained
     from luser_cli.simulate import simulate_file
-    from luser_cli.training.config import apply_overrides, preset_for_task
+    from luser_cli.training.config import apply_overrides, lr_overrides, preset_for_task
     from luser_cli.training.loop import Trainer
 
     s = settings
@@ -92,9 +95,7 @@ def run_quickstart(
             "image_size": s.image_size,
             "train.steps": s.steps,
             "train.batch_size": s.batch_size,
-            "train.lr": s.lr,
-            # as `luser train --lr`: an explicit rate replaces the preset's per-model ones
-            "train.model_lr": {} if s.lr is not None else None,
+            **lr_overrides(s.lr),  # as `luser train --lr`
             "train.seed": s.seed,
             "model.initial": s.initial,
             "model.data_step": s.data_step,

@@ -17,8 +17,10 @@ def presets(
     from rich.table import Table
 
     from luser_cli.errors import ConfigError
-    from luser_cli.tasks import get_task
+    from luser_cli.physics import resolve_initial
     from luser_cli.training.config import PAPER_SUFFIX, builtin_presets, load_preset
+
+    x0_text = {"measurement": "y", "adjoint": "A^T y", "fbp": "fbp"}
 
     found = builtin_presets()
     if show is not None:
@@ -34,9 +36,7 @@ def presets(
         found.items(), key=lambda kv: (kv[0].removesuffix(PAPER_SUFFIX), kv[0])
     ):
         p = load_preset(path)
-        x0 = p.model.initial
-        if x0 == "auto":
-            x0 = "y" if get_task(p.task).initial_estimate == "measurement" else "A^T y"
+        x0 = x0_text[resolve_initial(p.task, p.model.initial)]
         recipe = f"x0 {x0}, {p.model.data_step} steps, {p.train.loss} loss" + (
             ", aux" if p.train.aux_loss else ""
         )

@@ -20,7 +20,7 @@ def quickstart(
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Batch size."),
     lr: float = typer.Option(3e-3, "--lr", help="Learning rate."),
     initial: str | None = typer.Option(
-        None, "--initial", help="Initial estimate (default: fbp for CT, the paper's otherwise)."
+        None, "--initial", help="Initial estimate (default: the task preset's: fbp for CT)."
     ),
     data_step: str | None = typer.Option(
         None,

@@ -128,6 +128,7 @@ def train(
     from luser_cli.training.config import (
         apply_overrides,
         load_preset,
+        lr_overrides,
         preset_for_task,
         preset_from_dict,
     )
@@ -169,7 +170,7 @@ def train(
             "train.steps": steps,
             "train.epochs": epochs,
             "train.batch_size": batch_size,
-            "train.lr": lr,
+            **lr_overrides(lr),
             "train.warmup_steps": warmup_steps,
             "train.scheduler": scheduler,
             "train.aux_loss": aux_loss,
@@ -191,8 +192,6 @@ def train(
             "solver.backward_mode": backward,
             "solver.graph": fp_graph,
         }
-        if lr is not None:  # an explicit --lr is the run's, whatever the model
-            overrides["train.model_lr"] = {}
         # --epochs alone must clear a step count set in the preset.
         unset = ["train.steps"] if epochs is not None and steps is None else []
         cfg = apply_overrides(base, overrides, unset=unset)

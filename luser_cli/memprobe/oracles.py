@@ -61,6 +61,7 @@ __all__ = [
     "Prepared",
     "RadonStandIn",
     "SimOracle",
+    "check_recipe",
     "prepare",
     "probe_preset",
     "sim_equilibrium",
@@ -167,13 +168,18 @@ class Oracle(Protocol):
 RECIPES: tuple[str, ...] = ("shipped", "paper")
 
 
+def check_recipe(recipe: str) -> str:
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    return recipe
+
+
 def probe_preset(
     task: str, image_size: int | None = None, graph: str | None = None, recipe: str = "shipped"
 ) -> Preset:
     """The ``recipe`` preset of ``task`` (:data:`RECIPES`), at ``image_size`` and with the
     equilibrium layers' ``solver.graph`` (``recompute`` or ``keep``) if given."""
-    if recipe not in RECIPES:
-        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    check_recipe(recipe)
     preset = preset_for_task(task) if recipe == "shipped" else paper_preset_for_task(task)
     overrides: dict[str, Any] = {}
     if image_size is not None and image_size != preset.image_size:

@@ -25,11 +25,11 @@ import torch
 from luser_cli.errors import ConfigError
 from luser_cli.memprobe.oracles import (
     GIB,
-    RECIPES,
     Allowance,
     CudaOracle,
     Oracle,
     SimOracle,
+    check_recipe,
     probe_preset,
 )
 from luser_cli.memprobe.paper import (
@@ -259,8 +259,7 @@ def run_probe(
     Radon stand-in's scratch) are computed once, in this process.
     """
     check_request(tasks, models, capacities_gb, cap)
-    if recipe not in RECIPES:
-        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    check_recipe(recipe)
     chosen = resolve_backend(backend)
     allowance = allowance if allowance is not None else Allowance()
     reporter = reporter or Reporter()

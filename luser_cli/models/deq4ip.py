@@ -85,5 +85,5 @@ class DEQ4IP(ReconstructionModel):
             rec["stage"] = 0
         if self.training:
             with torch.no_grad():  # one application to move the BatchNorm running statistics
-                self.prox(self.gradient_step(x, y, op))
+                self.prox(self.gradient_step(x, y, op, weights))
         return (x, [x]) if return_intermediates else x

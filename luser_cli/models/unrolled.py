@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from luser_cli.models.spectral_norm import power_iteration_
 from luser_cli.operators.base import LinearOperator
 from luser_cli.operators.fbp import filtered_back_projection
+from luser_cli.operators.noise import relative_counts
 from luser_cli.solvers.config import EquilibriumConfig
 
 #: How a stage maps the measurement residual back to the image (``model.data_step``).
@@ -46,9 +47,9 @@ DATA_STEPS: tuple[str, ...] = get_args(DataStep)
 
 def count_weights(y: Tensor, mu_max: float, power: float) -> Tensor:
     """Weights ``(B, *y.shape[1:])`` of post-log CT data ``y`` (normalised line integrals, as
-    LoDoPaB stores them): each ray's relative photon count ``exp(-mu_max y)`` to the ``power``,
-    divided by its mean over the sinogram. No gradient flows into ``y``."""
-    w = torch.exp(-(power * mu_max) * y.detach().clamp_min(0))
+    LoDoPaB stores them): each ray's relative photon count (:func:`relative_counts`) to the
+    ``power``, divided by its mean over the sinogram. No gradient flows into ``y``."""
+    w = relative_counts(y.detach().clamp_min(0), power * mu_max)  # (N / N0)^p = exp(-p mu y)
     return w / w.mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
@@ -105,9 +106,12 @@ class ReconstructionModel(nn.Module):
             return filtered_back_projection(op, residual, filter="hann")
         return self.step_scale * op.A_adjoint(residual)
 
-    def gradient_step(self, x: Tensor, y: Tensor, op: LinearOperator) -> Tensor:
-        """The data-consistency step ``d = x + step * B W (y - A x)`` (module docstring)."""
-        return x + self.step * self.back_project(y - op.A(x), op, self.ray_weights(y))
+    def gradient_step(
+        self, x: Tensor, y: Tensor, op: LinearOperator, weights: Tensor | None
+    ) -> Tensor:
+        """The data-consistency step ``d = x + step * B W (y - A x)`` (module docstring);
+        ``weights`` = :meth:`ray_weights` of ``y``, computed once per forward by the caller."""
+        return x + self.step * self.back_project(y - op.A(x), op, weights)
 
     def is_equilibrium(self) -> bool:
         return False
@@ -156,11 +160,12 @@ class LoopUnrolled(ReconstructionModel):
         if self.training and self.equilibrium is not None:
             power_iteration_(self.prox)
         self.records = []
+        weights = self.ray_weights(y)
         x = x0
         outputs = []
         for k in range(self.stages):
             prox = self.prox[0 if self.shared_weights() else k]
-            d = conv_layout(self.gradient_step(x, y, op))
+            d = conv_layout(self.gradient_step(x, y, op, weights))
             if self.equilibrium is not None:
                 stage_record: list[dict] = []
                 r = prox(d, self.equilibrium, stage_record)

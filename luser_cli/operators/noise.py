@@ -37,6 +37,12 @@ class GaussianNoise(NoiseModel):
         return {"kind": "gaussian", "std": self.std}
 
 
+def relative_counts(y: Tensor, mu_max: float) -> Tensor:
+    """``N / N0 = exp(-mu_max y)``: the photon count a ray of post-log data ``y`` (normalised
+    line integrals, LoDoPaB's convention) had, relative to the unattenuated count."""
+    return torch.exp(-mu_max * y)
+
+
 class PostLogPoisson(NoiseModel):
     """LoDoPaB-CT low-dose noise on post-log data.
 
@@ -53,7 +59,7 @@ class PostLogPoisson(NoiseModel):
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.photons == 0:
             return y
-        rate = (self.photons * torch.exp(-self.mu_max * y)).to(torch.float64).cpu()
+        rate = (self.photons * relative_counts(y, self.mu_max)).to(torch.float64).cpu()
         counts = torch.poisson(rate, generator=generator)
         counts = torch.where(counts == 0, torch.full_like(counts, 0.1), counts)
         out = -torch.log(counts / self.photons) / self.mu_max

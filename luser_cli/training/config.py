@@ -234,6 +234,13 @@ def paper_preset_for_task(task: str) -> Preset:
     return load_preset(builtin_presets()[paper_preset_name(task)])
 
 
+def lr_overrides(lr: float | None) -> dict[str, Any]:
+    """Overrides for an explicit learning rate (``--lr``): it is the run's whatever the model,
+    so it also replaces the preset's per-model rates (``train.model_lr``); None changes
+    nothing."""
+    return {"train.lr": lr, "train.model_lr": {} if lr is not None else None}
+
+
 def apply_overrides(
     preset: Preset, overrides: dict[str, Any], unset: list[str] | tuple[str, ...] = ()
 ) -> Preset:
