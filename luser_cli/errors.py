@@ -29,6 +29,11 @@ class CheckpointError(LuserError):
     """A checkpoint that cannot be loaded, or one made for another task/size/model."""
 
 
+class OutputError(LuserError):
+    """An output that cannot or must not be written: a full disk, a file-size limit, a file that
+    luser owns in a run folder, the input itself, a run folder in use or holding other files."""
+
+
 class NotBuiltError(LuserError):
     """A command or option that exists in the interface but is not implemented yet."""
 

@@ -16,7 +16,15 @@ from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
 from luser_cli.operators.masks import random_column_mask
 from luser_cli.operators.noise import GaussianNoise, NoiseModel, PostLogPoisson
-from luser_cli.tasks import CTPhysics, DeblurPhysics, MRIPhysics, Physics, TaskSpec, get_task
+from luser_cli.tasks import (
+    MAX_IMAGE_SIZE,
+    CTPhysics,
+    DeblurPhysics,
+    MRIPhysics,
+    Physics,
+    TaskSpec,
+    get_task,
+)
 
 
 def resolve_physics(task: str | TaskSpec, physics: Physics | dict | None = None) -> Physics:
@@ -70,6 +78,8 @@ def build_operator(
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(h, w) < 4:
         raise ConfigError(f"image size {h}x{w} is too small (at least 4x4)")
+    if max(h, w) > MAX_IMAGE_SIZE:
+        raise ConfigError(f"image size {h}x{w} is too large (at most {MAX_IMAGE_SIZE} per side)")
     # Operator modules are imported on demand: each task needs only its own.
     if isinstance(phys, DeblurPhysics):
         from luser_cli.operators.blur import GaussianBlur, gaussian_kernel

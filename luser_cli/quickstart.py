@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from luser_cli.errors import ConfigError
 from luser_cli.io.atomic import atomic_write
 
 
@@ -104,6 +105,8 @@ def run_quickstart(
             "solver.backward.tol": s.tol,
         },
     )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder; choose a folder")
     out.mkdir(parents=True, exist_ok=True)
     run = out / "run"
     t0 = time.perf_counter()

@@ -13,9 +13,10 @@ Inputs (detected from the HDF5 content, not the file name):
 Methods are callables ``(task, op, y) -> x`` (``y``: ``(B, *op.measurement_shape())``, ``x``:
 ``(B, C, H, W)`` in the task's units) looked up by name in :data:`METHODS`, a registry of
 factories ``(task, options) -> method``; ``options`` holds the CLI's method options
-(``tv_weight``, ``iterations``, ``checkpoint``), the resolved ``device`` and the input's
-``image_size``. ``model`` is a trained run (refused with one line if it was trained for another
-task, image size or channel count); the others are the classical methods.
+(``tv_weight``, ``iterations``, ``checkpoint``), the resolved ``device``, the input's
+``image_size`` and a ``log`` callable for one-line notes. ``model`` is the model shipped with
+luser for the task, or a trained run (``--checkpoint``; refused with one line if it was trained
+for another task or channel count); the others are the classical methods.
 """
 
 from __future__ import annotations
@@ -84,23 +85,30 @@ for _name in ("input", "adjoint", "fbp", "zero-filled", "tv"):
 
 
 def _model_factory(task: str, options: dict[str, Any]) -> Method:
-    """A trained run (``options["checkpoint"]``, else the newest run for ``task``)."""
+    """A trained model: ``options["checkpoint"]`` (a run folder or file, ``latest`` for the
+    newest local run), else the model shipped with luser for ``task``. Announces which model it
+    uses through ``options["log"]`` (one line), and a size other than the training size."""
     from luser_cli.physics import initial_estimate
-    from luser_cli.runs import load_trained, newest_run
+    from luser_cli.runs import load_trained
+    from luser_cli.shipped import resolve_model
     from luser_cli.training.checkpoint import check_compatible
 
-    path = options.get("checkpoint") or newest_run(task)
-    trained = load_trained(path, options.get("device", "cpu"))
+    ref = resolve_model(options.get("checkpoint"), task)
+    trained = load_trained(ref.path, options.get("device", "cpu"))
     size = options.get("image_size")
     if size is not None and size[0] != size[1]:
         raise CheckpointError(f"models reconstruct square images, not {size[0]}x{size[1]}")
     check_compatible(
-        trained.checkpoint,
-        task=task,
-        image_size=None if size is None else size[0],
-        channels=get_task(task).channels,
-        source=str(trained.path),
+        trained.checkpoint, task=task, channels=get_task(task).channels, source=str(trained.path)
     )
+    log = options.get("log") or (lambda line: None)
+    trained_size = int(trained.checkpoint["image_size"])
+    note = ""
+    if size is not None and size[0] != trained_size:
+        # The networks are convolutional and the data steps use the input's own operator, so
+        # another size runs; quality is what was measured at that size (README tables).
+        note = f", trained at {trained_size}x{trained_size}, applied at {size[0]}x{size[1]}"
+    log(f"model: {trained.name} for {task}, {ref.label}{note}")
 
     # Models are trained on images scaled to [0, 1] (fastMRI: divided by the volume max); a
     # file in raw units is scaled the same way and the result scaled back (A is linear).
@@ -318,6 +326,7 @@ def reconstruct_file(
     device: str = "auto",
     batch_size: int = 8,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ReconResult:
     """Reconstruct all slices of ``input_path`` with ``method`` and write ``output_path``.
 
@@ -339,7 +348,7 @@ def reconstruct_file(
     src = open_source(input_path, task)
     try:
         # factories may use the device (a learned model is loaded onto it)
-        opts = {**(options or {}), "device": dev, "image_size": src.image_size}
+        opts = {**(options or {}), "device": dev, "image_size": src.image_size, "log": log}
         opts["intensity_scale"] = src.attrs.get("intensity_scale")
         fn = get_method(method, src.task, opts)
         chunks: list[np.ndarray] = []

@@ -94,9 +94,11 @@ def load_trained(
     if preset.task != data["task"] or preset.image_size != data["image_size"]:
         raise CheckpointError(f"{f}: checkpoint preset does not match its task/size fields")
     state = data["model_state"]
-    if "step_scale" not in state:
-        raise CheckpointError(f"{f}: model state has no step_scale")
-    model = build_training_model(preset, data["model"], step_scale=float(state["step_scale"]))
+    scale = state.get("step_scale")
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+        raise CheckpointError(f"{f}: model state has no single-number step_scale")
+    model = build_training_model(preset, data["model"], step_scale=float(scale))
+    ckpt.check_state_shapes(model.state_dict(), state, str(f), f"a {data['model']} model")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from luser_cli.errors import ConfigError
-from luser_cli.io.validate import MAX_SIDE
-from luser_cli.tasks import get_task, is_mri
+from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, get_task, is_mri
 
 MEASUREMENT_SUFFIXES = (".h5", ".hdf5")
 
@@ -76,8 +75,11 @@ def prepare_images(
     _, _, h, w = images.shape
     crop = min(h, w)
     size = crop if image_size is None else int(image_size)
-    if not 4 <= size <= MAX_SIDE:
-        raise ConfigError(f"--image-size must be between 4 and {MAX_SIDE}, got {size}")
+    if not 4 <= size <= MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"--image-size must be between 4 and {MAX_IMAGE_SIZE} (crop larger inputs with "
+            f"--image-size), got {size}"
+        )
     out = np.stack([resize_square(to_task_channels(img, task), size) for img in images])
     new_affine = None
     if affine is not None:
@@ -116,21 +118,20 @@ def simulate_file(
         seed: noise seed (MRI masks are seeded by the input file name and slice instead).
         physics: overrides of the task's physics settings (e.g. ``{"noise_std": 0.02}``).
     """
-    from luser_cli.io.atomic import check_writable
     from luser_cli.io.images import read_image_stack, suffix_of
     from luser_cli.io.measurement import write_measurement
     from luser_cli.physics import build_noise, build_operator, mri_masks, resolve_physics
+    from luser_cli.run_files import check_user_output
 
     t0 = time.perf_counter()
     spec = get_task(task)
     if suffix_of(output_path) not in MEASUREMENT_SUFFIXES:
         raise ConfigError(f"{output_path}: the measurement file must end in .h5 or .hdf5")
-    check_writable(output_path)
-    out, src = Path(output_path), Path(input_path)
-    if out.exists() and src.exists() and out.samefile(src):
-        raise ConfigError(f"{output_path}: output would overwrite the input file")
-    if image_size is not None and not 4 <= int(image_size) <= MAX_SIDE:
-        raise ConfigError(f"--image-size must be between 4 and {MAX_SIDE}, got {image_size}")
+    check_user_output(output_path, (input_path,))
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if image_size is not None and not 4 <= int(image_size) <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size must be between 4 and {MAX_IMAGE_SIZE}, got {image_size}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     phys = resolve_physics(spec, physics or {})

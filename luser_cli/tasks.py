@@ -18,25 +18,47 @@ TaskName = Literal["deblur", "ct", "mri4x", "mri8x"]
 TASK_NAMES: tuple[str, ...] = ("deblur", "ct", "mri4x", "mri8x")
 
 
+#: Largest image side any operator is built for (``--image-size``, presets, input files).
+MAX_IMAGE_SIZE = 4096
+#: Largest seed (``--seed``): what a 64-bit signed integer holds.
+MAX_SEED = 2**63 - 1
+#: Largest CT angle count (LoDoPaB has 1000): bounds the operator before anything is built.
+MAX_CT_ANGLES = 20_000
+#: Largest noise level (std in image units) and photon count accepted.
+MAX_NOISE_STD = 1e3
+MAX_PHOTONS = 1e12
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Physics settings: no unknown keys, no lax coercion (``"9"`` or ``true`` for a number),
+    finite and bounded values, checked before any operator is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DeblurPhysics(_Strict):
     """Gaussian blur (same kernel on every channel, circular boundary) plus white noise."""
 
     kernel_size: int = Field(9, ge=1, le=63, description="odd kernel side, pixels")
-    variance: float = Field(5.0, gt=0, description="Gaussian variance, pixels^2")
-    noise_std: float = Field(0.01, ge=0, description="AWGN std, image units ([0, 1] range)")
+    variance: float = Field(5.0, gt=0, le=1e4, description="Gaussian variance, pixels^2")
+    noise_std: float = Field(
+        0.01, ge=0, le=MAX_NOISE_STD, description="AWGN std, image units ([0, 1] range)"
+    )
 
 
 class CTPhysics(_Strict):
     """Parallel-beam Radon with LoDoPaB-CT geometry and post-log Poisson noise."""
 
-    angles_total: int = Field(1000, ge=1, description="full LoDoPaB angle count over [0, pi)")
-    angle_step: int = Field(5, ge=1, description="use every n-th angle (5 -> 200 of 1000)")
-    photons: float = Field(4096.0, ge=0, description="N0 incident photons per bin; 0 = no noise")
-    mu_max: float = Field(81.35858, gt=0, description="attenuation of x = 1, in 1/m")
+    angles_total: int = Field(
+        1000, ge=1, le=MAX_CT_ANGLES, description="full LoDoPaB angle count over [0, pi)"
+    )
+    angle_step: int = Field(
+        5, ge=1, le=MAX_CT_ANGLES, description="use every n-th angle (5 -> 200 of 1000)"
+    )
+    photons: float = Field(
+        4096.0, ge=0, le=MAX_PHOTONS, description="N0 incident photons per bin; 0 = no noise"
+    )
+    mu_max: float = Field(81.35858, gt=0, le=1e6, description="attenuation of x = 1, in 1/m")
 
 
 class MRIPhysics(_Strict):
@@ -44,7 +66,9 @@ class MRIPhysics(_Strict):
 
     acceleration: int = Field(4, ge=1, le=64)
     center_fraction: float = Field(0.08, gt=0, le=1)
-    noise_std: float = Field(0.0, ge=0, description="complex AWGN std per sampled k-space entry")
+    noise_std: float = Field(
+        0.0, ge=0, le=MAX_NOISE_STD, description="complex AWGN std per sampled k-space entry"
+    )
 
 
 Physics = DeblurPhysics | CTPhysics | MRIPhysics

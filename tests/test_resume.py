@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -153,7 +152,13 @@ def test_identical_runs_are_bitwise_identical(reference: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_is_exact(reference: Path, tmp_path: Path) -> None:
-    """SIGKILL inside a checkpoint save, then at a random moment, then resume to the end."""
+    """SIGKILL at each point of a checkpoint save, then resume to the end: bitwise the same run.
+
+    The kill points are fixed (no timing, so the test is deterministic): after the new
+    checkpoint is written and before anything is renamed (``kill-save``), and after
+    ``checkpoint_prev.pt`` has been replaced and before ``checkpoint_last.pt`` is
+    (``kill-rotate``, where a hard-linked rotation used to leave prev and last as one file).
+    """
     run = tmp_path / "run"
     first = launch([*TRAIN, "--preset", write_preset(tmp_path), "--out", run], "kill-save@3")
     first.communicate(timeout=120)
@@ -162,22 +167,24 @@ def test_sigkill_anywhere_then_resume_is_exact(reference: Path, tmp_path: Path) 
     assert load(run / ckpt.LAST)["step"] == 2 and load(run / ckpt.PREV)["step"] == 1
     assert list(run.glob(".checkpoint_last.pt.*.tmp.pt"))
 
-    # Resume (settings come from the checkpoint) and kill again at a random-ish moment.
-    second = launch([*TRAIN, "--out", run, "--resume"])
-    # At least three 16 px steps (each a few ms on a fast core) remain after the kill point.
-    at, delay = random.randint(4, 5), random.uniform(0.0, 0.05)
-    print(f"SIGKILL {delay:.3f} s after step {at} was logged")
-    wait_for(second, lambda: last_step(run) >= at)
-    time.sleep(delay)
-    assert second.poll() is None, "the run ended before it could be killed"
-    second.kill()
-    _, err = second.communicate()
+    # Resume (settings come from the checkpoint); killed inside the rotation of step 5's save.
+    second = launch([*TRAIN, "--out", run, "--resume"], "kill-rotate@5")
+    _, err = second.communicate(timeout=120)
     assert second.returncode == -signal.SIGKILL
     assert "resumed" in err and "at step 2" in err
+    assert load(run / ckpt.LAST)["step"] == 4 and load(run / ckpt.PREV)["step"] == 4
+    assert not (run / ckpt.LAST).samefile(run / ckpt.PREV), "prev and last are one file"
+
+    # Killed again while saving step 7, with rows of step 7 already in metrics.jsonl.
+    third = launch([*TRAIN, "--out", run, "--resume"], "kill-save@7")
+    _, err = third.communicate(timeout=120)
+    assert third.returncode == -signal.SIGKILL
+    assert "at step 4" in err and last_step(run) >= 7
 
     code, _, err = train_in_process(run, "--resume")  # the rest in this process
     assert code == 0, err
     assert_same_run(run, reference)
+    assert not (run / ckpt.LAST).samefile(run / ckpt.PREV)
 
 
 def copy_run(ref: Path, d: Path) -> Path:

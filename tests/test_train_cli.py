@@ -61,6 +61,7 @@ def test_run_folder_contents(deq_run: Path) -> None:
         "training_curve.png",
         "preset.toml",
         "run.json",
+        ".luser-run.lock",  # the run folder's lock (released; it marks the folder as luser's)
     }
     assert (deq_run / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((deq_run / "run.json").read_text())

@@ -40,6 +40,7 @@ from luser_cli.training.config import (
     paper_preset_for_task,
     paper_preset_name,
 )
+from luser_cli.training.convergence import WARN_BELOW, backward_convergence
 
 __all__ = [
     "CELL_FILE",
@@ -230,6 +231,10 @@ def training_stats(metrics_path: Path) -> dict[str, Any]:
         out["fp_forward_residual_max"] = _finite(
             max(r.get("fp_forward_residual_max", 0.0) for r in steps)
         )
+    bwd = backward_convergence(steps)
+    if bwd is not None:  # share of steps whose implicit backward solves all converged
+        out["bwd_converged_step_fraction"] = bwd["converged_step_fraction"]
+        out["bwd_converged_solve_fraction"] = bwd["converged_solve_fraction"]
     return out
 
 
@@ -313,12 +318,25 @@ def _evaluate(settings: BenchSettings, run_dir: Path) -> dict[str, Any]:
 def _cell_key(settings: BenchSettings, preset: Preset, model: str) -> dict[str, Any]:
     """What a finished cell's results depend on (a rerun with the same key reuses them)."""
     return {
-        "preset": preset.model_dump(mode="json"),
+        "preset": _preset_key(preset.for_model(model)),
         "model": model,
         "eval_images": settings.eval_images,
         "device": settings.device,
         "memprobe": settings.memprobe,
     }
+
+
+def _preset_key(preset: Preset) -> dict[str, Any]:
+    """The preset as a cell key: settings added later drop out while unset, so cells run
+    before they existed stay reusable (an unset one means the behaviour from before)."""
+    data = preset.model_dump(mode="json")
+    for field_name in ("deq4ip_norm", "deq4ip_anchor"):
+        if data["model"].get(field_name) is None:
+            data["model"].pop(field_name, None)
+    for side in ("forward", "backward"):
+        if data["solver"][side].get("regularization_scale") is None:
+            data["solver"][side].pop("regularization_scale", None)
+    return data
 
 
 def _load_cell(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -536,8 +554,17 @@ def _cell_line(cell: dict[str, Any]) -> str:
     return (
         f"{prefix}PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f} "
         f"({ev['best_classical']} {ev['classical'][ev['best_classical']]['psnr']:.2f} dB); "
-        f"{tr['time_per_step_s']:.2f} s/step; {cell['seconds_total']:.0f} s"
+        f"{tr['time_per_step_s']:.2f} s/step; {cell['seconds_total']:.0f} s" + _bwd_text(tr)
     )
+
+
+def _bwd_text(train: dict[str, Any]) -> str:
+    """``; backward converged on 12% of steps (approximate gradients)`` when recorded."""
+    share = train.get("bwd_converged_step_fraction")
+    if share is None:
+        return ""
+    text = f"; backward solve converged on {share:.0%} of steps"
+    return text + " (WARNING: mostly approximate gradients)" if share < WARN_BELOW else text
 
 
 def replace_settings(settings: BenchSettings, **changes: Any) -> BenchSettings:

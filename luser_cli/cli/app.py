@@ -46,11 +46,42 @@ def _register() -> None:
     from luser_cli.cli import commands  # noqa: F401  (registers every command on `app`)
 
 
+def usage_error_line(e: Exception) -> str:
+    """A Typer/Click usage error (unknown option, a bad value, a missing argument) as the one
+    ``error:`` line every other user error gets, naming the flag and pointing at ``--help``."""
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "luser"
+    text = " ".join(str(message).split()).rstrip(".")
+    return f"error: {text} (see `{command} --help`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``luser`` console script and ``python -m luser_cli``."""
+    try:  # typer >= 0.22 vendors click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - older typer on click
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
+    from luser_cli import runtime
+
+    # Before anything imports torch: the OpenMP wait policy is read when torch loads OpenMP.
+    plan = runtime.configure_process(argv)
     _register()
+    runtime.apply_threads(plan)
     try:
-        app(args=argv, prog_name="luser", standalone_mode=True)
+        code = app(args=argv, prog_name="luser", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)  # typer.Exit(code) raised by a command
+    except NoArgsIsHelpError as e:  # `luser` or `luser CMD` alone: the help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except ClickException as e:  # usage errors: one line, exit 2
+        typer.echo(usage_error_line(e), err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except LuserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -54,7 +54,9 @@ def bench(
         False, "--quick", help="Smoke run: ct and mri4x, 3 models, 8 steps at 24 px (minutes)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: this process's CPUs, shared under torchrun)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Reproduce the paper's model comparison (Tables 2 and 4) at CPU scale.

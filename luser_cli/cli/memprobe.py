@@ -93,7 +93,7 @@ def memprobe(
         None, "--jobs", "-j", help="sim: worker processes (default: one per CPU core)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads per process (default: all cores)."
+        None, "--threads", help="CPU threads per process (default: the CPUs this process may use)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:

@@ -6,7 +6,8 @@ import torch
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` intra-op CPU threads (all cores by default)."""
+    """Use ``threads`` intra-op CPU threads. ``None`` keeps the start-up default
+    (:mod:`luser_cli.runtime`: the CPUs this process may use, shared under torchrun)."""
     if threads is not None:
         if threads < 1:
             from luser_cli.errors import ConfigError

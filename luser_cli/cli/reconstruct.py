@@ -22,13 +22,15 @@ def reconstruct(
         "model",
         "--method",
         "-m",
-        help="model (a trained run), adjoint, fbp (ct), zero-filled (mri), tv, input (deblur).",
+        help="model (the shipped model or --checkpoint), adjoint, fbp (ct), zero-filled (mri), "
+        "tv, input (deblur).",
     ),
-    checkpoint: Path | None = typer.Option(
+    checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
         "-c",
-        help="Run folder or checkpoint for --method model (default: newest run for the task).",
+        help="For --method model: a run folder or checkpoint file, 'latest' (the newest run of "
+        "the task under runs/) or 'builtin' (default: the model shipped with luser).",
     ),
     task: str | None = typer.Option(
         None,
@@ -58,6 +60,7 @@ def reconstruct(
         device=device,
         batch_size=batch_size,
         progress=progress,
+        log=lambda line: typer.echo(line, err=True),
     )
     h, w = result.image_size
     typer.echo(

@@ -27,6 +27,16 @@ def train(
         "--data",
         help="Data folder (CelebA, LoDoPaB, fastMRI, images/NIfTI); built-in data if omitted.",
     ),
+    builtin: str | None = typer.Option(
+        None,
+        "--builtin",
+        help="Built-in images when no --data: auto, ellipses, photos or mix (half each).",
+    ),
+    random_phase: bool | None = typer.Option(
+        None,
+        "--random-phase/--no-random-phase",
+        help="MRI built-in data: a smooth random phase on half of the images.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run folder (default: runs/<task>-<model>-<time>)."
     ),
@@ -75,6 +85,12 @@ def train(
         None, "--seed", help="Seed of data order, noise and initialisation."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Start from trained weights: 'builtin' (the model shipped with luser for the "
+        "task), 'latest' (the newest run of the task) or a run folder / checkpoint file.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -102,7 +118,10 @@ def train(
         None, "--bwd-max-iter", help="Backward fixed-point iteration cap."
     ),
     backward: str | None = typer.Option(
-        None, "--backward", help="implicit (exact) or jfb (Jacobian-free, approximate)."
+        None,
+        "--backward",
+        help="implicit (the implicit-function gradient: the gradient only where its backward "
+        "solve converges, 'bwd ok' in the progress bar) or jfb (Jacobian-free, approximate).",
     ),
     fp_graph: str | None = typer.Option(
         None,
@@ -112,7 +131,9 @@ def train(
     bf16: bool | None = typer.Option(
         None, "--bf16/--no-bf16", help="bfloat16 autocast (CUDA, or CPUs with AMX / AVX-512 BF16)."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: this process's CPUs, shared under torchrun)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train a model (lu-dncnn, deq4ip, luser-sw, luser-dw) for a task.
@@ -184,6 +205,8 @@ def train(
             "train.bf16": bf16,
             "data.path": data,
             "data.train_size": train_size,
+            "data.builtin": builtin,
+            "data.random_phase": random_phase,
             "data.val_size": val_size,
             "solver.forward.tol": fp_tol,
             "solver.forward.max_iter": fp_max_iter,
@@ -204,6 +227,7 @@ def train(
             dist=dist,
             progress=progress,
             log=lambda line: typer.echo(line, err=True),
+            init=init,
         ).run()
     except TrainingInterrupted as e:  # a clean stop, not an error: one line, exit code 75
         if dist.is_main:

@@ -30,8 +30,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from luser_cli.data.phantoms import random_ellipses
-from luser_cli.data.photos import photo_patch
+from luser_cli.data.builtin_images import (  # noqa: F401 (CT_PHANTOM_MAX re-exported)
+    CT_PHANTOM_MAX,
+    builtin_image,
+    resolve_kind,
+    with_random_phase,
+)
 from luser_cli.data.splits import item_seed, normalize_split, select_split
 from luser_cli.data.transforms import resize_square, to_task_channels
 from luser_cli.errors import ConfigError, InputError
@@ -39,13 +43,6 @@ from luser_cli.operators.masks import mask_seed
 from luser_cli.tasks import get_task, is_mri
 
 Item = tuple[Tensor, dict[str, Any]]
-
-#: Peak attenuation of the built-in CT phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is about
-#: 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is bone
-#: everywhere and a 26 cm path attenuates the beam by e^-10 or more, so with LoDoPaB's 4096
-#: photons most detector bins count almost nothing: measured at 64 px, FBP 16.2 dB and TV
-#: 14.5 dB, a photon-starved problem; at 0.35, FBP 24.4 dB and TV 28.3 dB.
-CT_PHANTOM_MAX = 0.35
 
 
 class TaskImageDataset(Dataset):
@@ -110,7 +107,8 @@ class TaskImageDataset(Dataset):
 
 
 class BuiltinDataset(TaskImageDataset):
-    """Generated data that needs no files: ellipse phantoms (CT, MRI) or photo patches (deblur).
+    """Generated data that needs no files: ellipse phantoms, photo patches or a mix of both
+    (:mod:`luser_cli.data.builtin_images`; by default photos for deblurring, ellipses otherwise).
 
     Item ``i`` of ``split`` is generated from :func:`luser_cli.data.splits.item_seed`
     ``(seed, split, i)``; the seed ranges of train / val / test are disjoint for any base seeds,
@@ -128,6 +126,8 @@ class BuiltinDataset(TaskImageDataset):
         size: int = 1000,
         image_size: int | None = None,
         seed: int = 0,
+        kind: str = "auto",
+        random_phase: bool = False,
     ) -> None:
         super().__init__(task, split, image_size or get_task(task).image_size)
         if int(size) < 1:
@@ -135,7 +135,13 @@ class BuiltinDataset(TaskImageDataset):
         self.size = int(size)
         self.seed = int(seed)
         item_seed(self.seed, self.split, self.size - 1)  # validates seed and size up front
-        self.kind = "photos" if self.channels == 3 else "ellipses"
+        try:
+            self.kind = resolve_kind(kind, self.channels)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if random_phase and not is_mri(self.task):
+            raise ConfigError(f"random phase is for MRI tasks, not {self.task}")
+        self.random_phase = bool(random_phase)
 
     def __len__(self) -> int:
         return self.size
@@ -149,13 +155,13 @@ class BuiltinDataset(TaskImageDataset):
     def __getitem__(self, index: int) -> Item:
         index = self._check_index(index)
         s = item_seed(self.seed, self.split, index)
-        if self.kind == "photos":
-            image = photo_patch(self.split, self.image_size, s)
-        else:
-            image = random_ellipses(self.image_size, s)[None]
-            if self.channels == 1:  # CT: attenuation in LoDoPaB units (1 = 81.36 / m)
-                image = image * CT_PHANTOM_MAX
-        return self._finish(image, index, mask_key=(f"builtin-{self.split}-{self.seed}", index))
+        image = builtin_image(self.kind, self.channels, self.split, self.image_size, s)
+        out, meta = self._finish(
+            image, index, mask_key=(f"builtin-{self.split}-{self.seed}", index)
+        )
+        if self.random_phase:
+            out = torch.from_numpy(with_random_phase(out.numpy(), s))
+        return out, meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,9 +626,13 @@ def folder_files(root: Path) -> list[Path]:
 
 
 def _slice_count(path: Path) -> int:
-    """Slices in a file without reading its pixels: 1 for 2D images, Z for NIfTI / ``.npy``."""
+    """Slices in a file without reading its pixels: 1 for 2D images, Z for NIfTI / ``.npy``.
+    The file's header is checked first (:func:`luser_cli.io.probe.check_input_header`), so a
+    file luser cannot read is refused before training starts, not when its turn comes."""
     from luser_cli.io.images import npy_to_stack, suffix_of
+    from luser_cli.io.probe import check_input_header
 
+    check_input_header(path)
     suffix = suffix_of(path)
     if suffix in FOLDER_IMAGE_SUFFIXES:
         return 1

@@ -159,6 +159,8 @@ def open_dataset(
     data: str | Path | None,
     seed: int,
     size: int | None = None,
+    builtin: str = "auto",
+    random_phase: bool = False,
 ) -> Dataset:
     """The data set of ``task`` / ``split`` at ``image_size``: built-in data when ``data`` is None.
 
@@ -167,7 +169,8 @@ def open_dataset(
     with another seed never tests on training images. ``size``: the number of built-in items
     (default :data:`BUILTIN_SIZES`), or for real data at most that many items, evenly spaced
     over the split (None = all). ``split`` may be ``"all"`` for real data (every item of the
-    folder, e.g. a folder kept for testing).
+    folder, e.g. a folder kept for testing). ``builtin`` / ``random_phase``: the kind of built-in
+    images and MRI's random phase (:mod:`luser_cli.data.builtin_images`); ignored for real data.
     """
     spec = get_task(task)
     if size is not None and int(size) < 1:
@@ -175,7 +178,9 @@ def open_dataset(
     if data is None:
         split = normalize_split(split)
         n = BUILTIN_SIZES[split] if size is None else int(size)
-        return BuiltinDataset(spec.name, split, n, image_size, seed)
+        return BuiltinDataset(
+            spec.name, split, n, image_size, seed, kind=builtin, random_phase=random_phase
+        )
     path = Path(data).expanduser()
     kind = detect_kind(path)
     check_fits(kind, spec.name, path)

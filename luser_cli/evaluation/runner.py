@@ -22,6 +22,7 @@ from luser_cli.evaluation.metrics import mri_volume_max, psnr, ssim, summarize
 from luser_cli.physics import output_image
 from luser_cli.runs import TrainedModel
 from luser_cli.training.batches import BatchMaker
+from luser_cli.training.convergence import run_backward_convergence
 
 #: ``epoch`` tag of the fixed noise of each evaluation split (training epochs are >= 0).
 SPLIT_EPOCH = {"val": -1, "test": -2, "train": -3, "all": -4}
@@ -58,20 +59,41 @@ def evaluate(
     *,
     data: str | None,
     split: str = "test",
+    image_size: int | None = None,
     n_images: int | None = None,
     batch_size: int = 4,
     device: torch.device = torch.device("cpu"),
     methods: list[str] | None = None,
     examples: Examples | None = None,
     progress: Callable[[int, int], None] | None = None,
+    equilibria: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``trained`` and the classical ``methods`` (all of the task's by default)."""
+    """Evaluate ``trained`` and the classical ``methods`` (all of the task's by default).
+
+    With ``equilibria``, an equilibrium model is also probed on (at most 2 images of) the first
+    batch: per stage, forward/backward iterations and the Jacobian's spectral radius at the
+    fixed point (:func:`luser_cli.evaluation.equilibria.probe_equilibria`), under
+    ``"equilibria"``. ``"training_backward_convergence"`` is the run's share of training steps
+    whose backward solves converged (from its ``metrics.jsonl``; None when not recorded).
+    """
     preset = trained.preset
+    if image_size is not None and image_size != preset.image_size:
+        # Evaluate at another size: the data and the operator at that size, the same networks.
+        preset = preset.model_copy(update={"image_size": int(image_size)})
     task = preset.task
     size = n_images if data is None else None
     if data is None and size is None:
         size = preset.data.test_size if split == "test" else preset.data.val_size
-    dataset = open_dataset(task, split, preset.image_size, data, preset.train.seed, size=size)
+    dataset = open_dataset(
+        task,
+        split,
+        preset.image_size,
+        data,
+        preset.train.seed,
+        size=size,
+        builtin=preset.data.builtin,
+        random_phase=preset.data.random_phase,
+    )
     count = len(dataset) if n_images is None else min(n_images, len(dataset))
     maker = BatchMaker.for_preset(preset, device)
     vmax = mri_volume_max(dataset)
@@ -82,12 +104,21 @@ def evaluate(
     model = trained.model.to(device).eval()
     epoch = SPLIT_EPOCH.get(split, -2)
     done = 0
+    probe: dict[str, Any] | None = None
     for start in range(0, count, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, count))]
         x = torch.stack([it[0] for it in items])
         meta = {k: torch.as_tensor([it[1][k] for it in items]) for k in items[0][1]}
         batch = maker.make(x, meta, epoch, preset.train.seed)
         b = x.shape[0]
+        if equilibria and probe is None and model.is_equilibrium():
+            from luser_cli.evaluation.equilibria import probe_equilibria
+
+            k = min(b, 2)
+            small = maker.make(
+                x[:k], {key: v[:k] for key, v in meta.items()}, epoch, preset.train.seed
+            )
+            probe = probe_equilibria(model, small, loss=preset.train.loss)
         recon: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             batch.op.reset_counters()
@@ -134,10 +165,13 @@ def evaluate(
         "checkpoint": str(trained.path),
         "trained_steps": trained.checkpoint["step"],
         "image_size": preset.image_size,
+        "trained_image_size": trained.checkpoint["image_size"],
         "metrics": metrics,
         "best_classical": best,
         "default_classical": default_method(task),
         "model_minus_best_classical_db": (
             metrics["model"]["psnr"] - metrics[best]["psnr"] if best else None
         ),
+        "training_backward_convergence": run_backward_convergence(trained.path),
+        "equilibria": probe,
     }

@@ -22,6 +22,7 @@ NIfTI volumes go through :mod:`luser_cli.io.nifti` (:func:`read_image_stack` dis
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from luser_cli.errors import InputError
-from luser_cli.io.atomic import atomic_write
+from luser_cli.io.atomic import atomic_write_bytes
 from luser_cli.io.validate import (
     check_finite,
     check_image_dims,
@@ -171,12 +172,9 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 # -- .npy -----------------------------------------------------------------------------------------
-def read_npy(path: str | Path) -> np.ndarray:
-    """The raw array of a ``.npy`` file, after checking its header (shape, dtype, file length).
-
-    Refuses pickled (object) arrays, zero-size or absurdly large shapes and truncated files
-    before the data are read.
-    """
+def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of a ``.npy`` file from its header, after refusing
+    pickled (object) arrays, zero-size or absurdly large shapes and truncated files."""
     p = require_file(path)
     what = str(p)
     fmt = np.lib.format
@@ -198,6 +196,15 @@ def read_npy(path: str | Path) -> np.ndarray:
     need = offset + int(np.prod(shape)) * dtype.itemsize
     if p.stat().st_size < need:
         raise InputError(f"{what}: truncated .npy file ({p.stat().st_size} of {need} bytes)")
+    return tuple(int(n) for n in shape), dtype, offset
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """The raw array of a ``.npy`` file, after checking its header (:func:`npy_header`): pickled
+    arrays, absurd shapes and truncated files are refused before the data are read."""
+    p = require_file(path)
+    what = str(p)
+    npy_header(p)
     try:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -283,8 +290,9 @@ def write_png(path: str | Path, pixels: np.ndarray) -> None:
     a = np.asarray(pixels)
     if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
         raise ValueError(f"write_png needs uint8 (H, W) or (H, W, 3), got {a.dtype} {a.shape}")
-    with atomic_write(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
+    buffer = io.BytesIO()  # encoded in memory: a full disk is then a plain write's OSError
+    Image.fromarray(np.ascontiguousarray(a)).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from luser_cli.errors import ConfigError, InputError
-from luser_cli.io.atomic import atomic_write
+from luser_cli.io.atomic import atomic_write_bytes, check_writable
 from luser_cli.io.validate import (
     check_finite,
     check_stack_dims,
@@ -113,10 +113,10 @@ def write_measurement(
     ``(N, Wk)`` in {0, 1} (MRI, required there); ``affine`` ``(4, 4)``; ``angles`` radians;
     ``kernel`` the blur kernel (deblur, for reference). Returns the path written.
     """
-    import h5py
-
     from luser_cli import __version__
+    from luser_cli.io.h5memory import h5_bytes, h5_in_memory
 
+    check_writable(path)
     spec = get_task(task)
     y = _np32(measurements)
     if y.ndim < 2:
@@ -124,7 +124,7 @@ def write_measurement(
     n = y.shape[0]
     if is_mri(spec.name) and masks is None:
         raise ValueError("MRI measurement files need the masks")
-    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_in_memory() as f:  # built in memory, then one atomic byte write (full disk: 1 line)
         a = f.attrs
         a["format"] = _fixed(FORMAT_NAME)
         a["version"] = FORMAT_VERSION
@@ -156,6 +156,8 @@ def write_measurement(
         if kernel is not None:
             k = kernel.cpu().numpy() if isinstance(kernel, Tensor) else np.asarray(kernel)
             f.create_dataset("kernel", data=k.astype(np.float64))
+        image = h5_bytes(f)
+    atomic_write_bytes(path, image)
     return Path(path)
 
 

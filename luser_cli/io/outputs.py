@@ -23,6 +23,7 @@ extension      content
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from luser_cli.errors import ConfigError, InputError
-from luser_cli.io.atomic import atomic_write, check_writable
+from luser_cli.errors import ConfigError
+from luser_cli.io.atomic import atomic_write_bytes
 from luser_cli.io.images import suffix_of, write_png
 
 OUTPUT_SUFFIXES: tuple[str, ...] = (".png", ".nii.gz", ".nii", ".h5", ".npy")
@@ -52,16 +53,12 @@ def output_kind(path: str | Path) -> str:
 
 
 def check_output(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> str:
-    """Validate an output path before computing: known extension, writable folder, and not one
-    of the input files. Returns the output kind."""
+    """Validate an output path before computing: known extension, writable folder, not one of
+    the input files and not a file luser owns in a run folder. Returns the output kind."""
+    from luser_cli.run_files import check_user_output
+
     kind = output_kind(path)
-    out = check_writable(path)
-    for src in inputs:
-        try:
-            if Path(src).exists() and out.exists() and out.samefile(src):
-                raise InputError(f"{path}: output would overwrite the input file")
-        except OSError:
-            continue
+    check_user_output(path, inputs)
     return kind
 
 
@@ -121,23 +118,25 @@ def write_images(
     elif kind == ".h5":
         _write_h5(path, x[:, 0] if single else x, attrs or {})
     else:  # .npy
-        with atomic_write(path) as tmp:
-            np.save(tmp, x[:, 0] if single else x, allow_pickle=False)
+        buffer = io.BytesIO()
+        np.save(buffer, x[:, 0] if single else x, allow_pickle=False)
+        atomic_write_bytes(path, buffer.getbuffer())
     return Path(path)
 
 
 def _write_h5(path: str | Path, data: np.ndarray, attrs: dict[str, Any]) -> None:
-    import h5py
-
     from luser_cli import __version__
+    from luser_cli.io.h5memory import h5_bytes, h5_in_memory
 
-    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_in_memory() as f:
         f.create_dataset("reconstruction", data=data, compression="gzip", compression_opts=4)
         f.attrs["luser_version"] = np.bytes_(__version__.encode())
         f.attrs["created"] = np.bytes_(_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         for key, value in attrs.items():
             if value is not None:
                 f.attrs[key] = np.bytes_(value.encode()) if isinstance(value, str) else value
+        image = h5_bytes(f)
+    atomic_write_bytes(path, image)
 
 
 def write_reconstruction(

@@ -18,10 +18,12 @@ from luser_cli.errors import InputError, LuserError
 
 #: Largest accepted image side, pixels (a 16384 x 16384 image is 1 GiB in float32).
 MAX_SIDE = 16384
-#: Largest accepted number of pixels in one 2D image.
-MAX_PIXELS = 1_000_000_000
-#: Largest accepted number of elements in a whole array read from a file (4 GiB as float32).
-MAX_ELEMENTS = 1_073_741_824
+#: Largest accepted number of pixels in one 2D image (64 megapixels: a 12000 x 12000 PNG is
+#: refused from its header, before decoding).
+MAX_PIXELS = 64_000_000
+#: Largest accepted number of elements in a whole array read from a file (1 GiB as float32;
+#: a NIfTI header claiming 1000^3 voxels is refused before any data are read).
+MAX_ELEMENTS = 268_435_456
 #: Largest accepted number of slices / samples in one file.
 MAX_SLICES = 100_000
 
@@ -61,7 +63,7 @@ def check_image_dims(height: int, width: int, what: str) -> None:
     if height * width > MAX_PIXELS:
         raise InputError(
             f"{what}: image of {height}x{width} pixels is too large "
-            f"(at most {MAX_PIXELS:.0e} pixels)"
+            f"(at most {MAX_PIXELS / 1e6:.0f} megapixels)"
         )
 
 

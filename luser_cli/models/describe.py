@@ -79,6 +79,17 @@ def describe_model(model: ReconstructionModel, task: str, solver: dict | None) -
     else:
         info["stages"] = "until the fixed point"
         info["shared_weights"] = True
+        norm, anchor = getattr(model, "norm", "batch"), getattr(model, "anchor", 0.0)
+        info["batchnorm_in_fixed_point"] = (
+            "fixed per-channel affine (contractive)"
+            if norm == "fixed"
+            else "batch statistics (the original; expansive, solves do not converge)"
+        )
+        info["data_step_anchor"] = (
+            f"mu = {anchor:g}: d = x + step (B(y - Ax) - mu (x - x0)), step in [0, 2/(1+mu)]"
+            if anchor
+            else "none"
+        )
         info["architecture"] = {"prox (SN DnCNN inside the fixed-point map)": _layers(model.prox)}
         info["operator_applications"] = {
             "A": "1 per forward iteration (+1 per backward iteration in training)",

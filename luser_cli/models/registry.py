@@ -43,13 +43,16 @@ def build_model(
     data_step: DataStep = "gradient",
     ray_weight_power: float = 0.0,
     mu_max: float | None = None,
+    deq4ip_norm: str = "batch",
+    deq4ip_anchor: float = 0.0,
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
     ``step_scale`` is ``1 / ||A||^2`` of the task operator at the training image size;
     ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None);
     ``data_step`` the stages' data-consistency step and ``ray_weight_power`` its per-ray weights
-    (``mu_max``: the CT data's attenuation scale), see :mod:`luser_cli.models.unrolled`.
+    (``mu_max``: the CT data's attenuation scale), see :mod:`luser_cli.models.unrolled`;
+    ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`).
     """
     check_model_name(name)
     channels = get_task(task).channels
@@ -59,7 +62,16 @@ def build_model(
             name, [DnCNN(channels)], stages, step_scale, None, data_step, ray_weight_power, mu_max
         )
     if name == "deq4ip":
-        return DEQ4IP(channels, step_scale, eq, data_step, ray_weight_power, mu_max)
+        return DEQ4IP(
+            channels,
+            step_scale,
+            eq,
+            data_step,
+            ray_weight_power,
+            mu_max,
+            norm=deq4ip_norm,
+            anchor=deq4ip_anchor,
+        )
     blocks = 1 if name == "luser-sw" else stages
     prox: list[nn.Module] = [ShallowEquilibriumBlock(channels) for _ in range(blocks)]
     return LoopUnrolled(name, prox, stages, step_scale, eq, data_step, ray_weight_power, mu_max)

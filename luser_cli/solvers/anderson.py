@@ -31,7 +31,8 @@ def anderson(
             Runs under ``torch.no_grad()``: no graph is built across iterations.
         z0: ``(B, ...)`` initial iterate, float32 or float64, any device.
         cfg: ``history`` (m), ``regularization`` (lambda, relative to the mean diagonal of the
-            Gram matrix, so the step does not depend on the scale of ``z``), ``damping``
+            Gram matrix, or with ``regularization_scale="latest"`` to the newest residual's
+            squared norm, so the step does not depend on the scale of ``z``), ``damping``
             (beta), ``max_iter``, ``tol``, ``check_every``, ``fixed_iterations``.
 
     Returns:
@@ -72,7 +73,9 @@ def anderson(
         stop, any_frozen = tracker.poll()
         if stop:
             break
-        alpha = _mixing_weights(gram[:, :n, :n], slot, cfg.regularization).to(x.dtype)
+        alpha = _mixing_weights(
+            gram[:, :n, :n], slot, cfg.regularization, cfg.regularization_scale == "latest"
+        ).to(x.dtype)
         a = alpha.unsqueeze(1)  # (B, 1, n)
         torch.bmm(a, fs[:, :n], out=x_buf)  # x is no longer needed: overwrite in place
         x = x_buf.view(batch, dim)
@@ -83,15 +86,19 @@ def anderson(
     return tracker.best.view(shape), tracker.stats()
 
 
-def _mixing_weights(gram: Tensor, latest: int, lam: float) -> Tensor:
+def _mixing_weights(gram: Tensor, latest: int, lam: float, by_latest: bool = False) -> Tensor:
     """Anderson weights ``alpha`` ``(B, n)`` from the Gram matrices ``gram`` ``(B, n, n)``.
 
     ``alpha = argmin ||sum_i alpha_i G_i||^2 + lam s ||alpha||^2`` subject to ``sum alpha = 1``
-    (``s`` the mean diagonal of ``K``): the bordered system ``[[0, 1^T], [1, K/s + lam I]]
-    [mu; alpha] = [1; 0]``, solved through its SPD block as ``alpha = w / sum(w)`` with
-    ``(K/s + lam I) w = 1``, in float64 (float32 on MPS). Samples whose solve breaks down
-    (``sum(w) <= 0`` or non-finite weights, e.g. a zero pivot with ``lam = 0`` or a NaN in
-    ``K``) get ``alpha = e_latest`` (a plain fixed-point step).
+    (``s`` the mean diagonal of ``K``, or with ``by_latest`` the newest residual's
+    ``K[latest, latest]``: the mean is dominated by the oldest, largest residual, so as the
+    residuals shrink the term outweighs the newest ones and pulls ``alpha`` away from them;
+    measured on linear maps of rate 0.05, to 1e-8: 9-10 iterations with the mean, 7-8 with
+    Picard, 6-8 with ``by_latest`` as without regularisation): the bordered system
+    ``[[0, 1^T], [1, K/s + lam I]] [mu; alpha] = [1; 0]``, solved through its SPD block as
+    ``alpha = w / sum(w)`` with ``(K/s + lam I) w = 1``, in float64 (float32 on MPS). Samples
+    whose solve breaks down (``sum(w) <= 0`` or non-finite weights, e.g. a zero pivot with
+    ``lam = 0`` or a NaN in ``K``) get ``alpha = e_latest`` (a plain fixed-point step).
     No host sync.
     """
     batch, n, _ = gram.shape
@@ -99,7 +106,8 @@ def _mixing_weights(gram: Tensor, latest: int, lam: float) -> Tensor:
         return gram.new_ones(batch, 1)
     dtype = torch.float32 if gram.device.type == "mps" else torch.float64  # no float64 on MPS
     k = gram.to(dtype)
-    scale = torch.diagonal(k, dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(dtype).tiny)
+    diag = torch.diagonal(k, dim1=1, dim2=2)
+    scale = (diag[:, latest] if by_latest else diag.mean(1)).clamp_min(torch.finfo(dtype).tiny)
     system = k / scale.view(batch, 1, 1)
     torch.diagonal(system, dim1=1, dim2=2).add_(lam)
     w = _spd_solve_ones(system)

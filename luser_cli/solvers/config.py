@@ -18,7 +18,8 @@ FP_GRAPHS: tuple[str, ...] = get_args(GraphMode)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types and finite numbers: a preset's ``max_iter = "30"`` or ``tol = nan`` is refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SolverConfig(_Strict):
@@ -38,6 +39,13 @@ class SolverConfig(_Strict):
         ge=0,
         description="Tikhonov lambda on the Anderson Gram system, relative to its mean diagonal",
     )
+    regularization_scale: Literal["mean", "latest"] | None = Field(
+        None,
+        description="what the Anderson Tikhonov lambda is relative to: mean = the mean diagonal "
+        "of the Gram matrix (unset: the original), dominated by the oldest, largest residual, "
+        "so near a tight tolerance it over-regularises and a fast contraction takes more "
+        "iterations than Picard; latest = the newest residual's squared norm",
+    )
     damping: float = Field(1.0, gt=0, le=1, description="Anderson / Picard mixing beta (1 = none)")
     fixed_iterations: bool = Field(
         False,
@@ -53,9 +61,11 @@ class SolverConfig(_Strict):
 class EquilibriumConfig(_Strict):
     """Forward and backward solver settings of :func:`luser_cli.solvers.equilibrium`.
 
-    ``backward_mode="implicit"`` solves ``g = J^T g + grad`` (exact implicit gradient up to
-    ``backward.tol``); ``"jfb"`` is Jacobian-free backprop (Fung et al. 2022), ``g = grad``: an
-    approximation of the gradient that skips the backward solve.
+    ``backward_mode="implicit"`` solves ``g = J^T g + grad``: the implicit gradient, equal to
+    the gradient up to ``backward.tol`` only where that solve converged (``backward_converged``
+    in the records; a solve that hits ``backward.max_iter`` gives an approximation of unknown
+    quality, which training counts and reports); ``"jfb"`` is Jacobian-free backprop (Fung et
+    al. 2022), ``g = grad``: an approximation of the gradient that skips the backward solve.
 
     ``graph`` says what the layer holds between forward and backward. ``"recompute"`` (ours,
     the default) saves only ``z*`` and the inputs and recomputes the injection and one block

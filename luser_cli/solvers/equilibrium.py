@@ -52,6 +52,7 @@ def equilibrium(
     z0: Tensor,
     cfg: EquilibriumConfig,
     record: list | None = None,
+    probe: int = 0,
 ) -> Tensor:
     """The fixed point ``z* = step(z*, inject(*inputs))``, differentiable by implicit gradients.
 
@@ -70,6 +71,10 @@ def equilibrium(
             from :class:`SolverStats` (``iterations``, ``residual``, ``converged``, ``diverged``,
             ``nonfinite``), and after ``loss.backward()`` (implicit mode only) the same fields
             with the ``backward_`` prefix.
+        probe: if > 0 (and ``record`` is a list), also estimate the spectral radius of the
+            map's Jacobian at ``z*`` by this many power iterations
+            (:func:`~luser_cli.solvers.jacobian.jacobian_spectral_radius`) and record it as
+            ``jacobian_spectral_radius`` ``(B,)``. Diagnostics only: ``z*`` is unchanged.
 
     Returns:
         ``z*`` ``(B, ...)``. With grad enabled and some input/param requiring grad it carries
@@ -94,8 +99,24 @@ def equilibrium(
             z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
         if entry is not None:
             entry.update(stats.as_dict("forward_"))
+            _probe(step, u, z, probe, entry)
         return z
+    if entry is not None and probe:
+        entry["_probe"] = probe
     return _Equilibrium.apply(step, inject, cfg, entry, len(inputs), z0, *inputs, *params)
+
+
+def _probe(
+    step: Callable[[Tensor, Tensor], Tensor], u: Tensor, z: Tensor, iterations: int, entry: dict
+) -> None:
+    """Record the Jacobian's spectral-radius estimate at ``z`` (``probe`` of equilibrium)."""
+    if iterations:
+        from luser_cli.solvers.jacobian import jacobian_spectral_radius
+
+        gen = torch.Generator().manual_seed(0)
+        entry["jacobian_spectral_radius"] = jacobian_spectral_radius(
+            lambda r: step(r, u), z, max(2, iterations), gen
+        )
 
 
 class _Equilibrium(torch.autograd.Function):
@@ -118,6 +139,7 @@ class _Equilibrium(torch.autograd.Function):
             z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
         if entry is not None:
             entry.update(stats.as_dict("forward_"))
+            _probe(step, u, z, int(entry.pop("_probe", 0)), entry)
         ctx.step, ctx.inject, ctx.cfg, ctx.entry, ctx.n_inputs = step, inject, cfg, entry, n_inputs
         ctx.params = tensors[n_inputs:]  # references to leaves: no memory, not saved tensors
         ctx.save_for_backward(z, *inputs)

@@ -5,12 +5,15 @@ optimiser state, the step counter, the learning-rate scale after any rollbacks, 
 state, the number of ``metrics.jsonl`` rows it covers, the resolved preset, task/model/size and
 versions.
 
-Crash safety: a checkpoint is written to a temporary file in the run folder, flushed to disk and
-renamed into place (:func:`luser_cli.io.atomic.atomic_write`). Before the rename, the current
-``checkpoint_last.pt`` is hard-linked (copied where links are not supported) to
-``checkpoint_prev.pt`` by another atomic rename, so at every instant ``checkpoint_last.pt`` is a
-complete file and ``checkpoint_prev.pt`` the one before it. A process killed in the middle leaves
-at most a stray ``.checkpoint_*.tmp.pt`` file, which :func:`remove_stale_temporaries` deletes.
+Crash safety: a checkpoint is serialised in memory, written to a temporary file in the run
+folder, flushed to disk and renamed into place (:func:`luser_cli.io.atomic.atomic_write_bytes`).
+Before the rename, the current ``checkpoint_last.pt`` is *copied* (never hard-linked) to
+``checkpoint_prev.pt`` by another atomic write, so at every instant ``checkpoint_last.pt`` is a
+complete file, ``checkpoint_prev.pt`` the one before it, and the two are never the same file (a
+hard link would make a later rename of one onto the other a no-op: POSIX ``rename`` between two
+links of one file does nothing). A process killed in the middle leaves at most a stray
+``.checkpoint_*.tmp.pt`` file, which :func:`remove_stale_temporaries` deletes. A full disk is one
+line (:class:`~luser_cli.errors.OutputError`) and leaves both previous checkpoints as they were.
 Should ``checkpoint_last.pt`` still be unreadable (a disk that lost data, a user's copy cut short),
 :func:`load_resumable` reports it in one line and falls back to ``checkpoint_prev.pt``.
 
@@ -21,11 +24,9 @@ would run code on load is refused before anything in it runs.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import re
-import secrets
-import shutil
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,11 +37,11 @@ import torch
 
 from luser_cli import __version__
 from luser_cli.errors import CheckpointError
-from luser_cli.io.atomic import atomic_write
+from luser_cli.io.atomic import atomic_write, atomic_write_bytes
+from luser_cli.run_files import BEST, LAST, PREV  # noqa: F401  (ckpt.BEST etc. for callers)
 
 FORMAT = "luser-checkpoint"
 VERSION = 1
-LAST, PREV, BEST = "checkpoint_last.pt", "checkpoint_prev.pt", "checkpoint_best.pt"
 _REQUIRED = {
     "format": str,
     "version": int,
@@ -68,18 +69,11 @@ def _finite(state: dict[str, Any]) -> bool:
 
 
 def _keep_previous(path: Path) -> None:
-    """Make ``checkpoint_prev.pt`` the current ``path`` without ever removing ``path``."""
-    prev = path.with_name(PREV)
-    tmp = path.with_name(f".{PREV}.{secrets.token_hex(4)}.tmp.pt")
-    try:
-        try:
-            os.link(path, tmp)  # the same bytes under a second name: instant, no copy
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, prev)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Make ``checkpoint_prev.pt`` a copy of the current ``path`` without touching ``path``.
+
+    A copy, not a hard link: ``prev`` and ``last`` must never be one file (see the module
+    docstring)."""
+    atomic_write_bytes(path.with_name(PREV), path.read_bytes())
 
 
 def save_checkpoint(
@@ -88,12 +82,14 @@ def save_checkpoint(
     *,
     keep_previous: bool = False,
     before_commit: Callable[[Path], None] | None = None,
+    after_rotate: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``payload`` atomically. Refuses non-finite weights (never saves NaN).
 
     With ``keep_previous`` the file being replaced becomes ``checkpoint_prev.pt``.
     ``before_commit(tmp)`` runs once the temporary file is complete, just before it is renamed
-    into place (a test hook: the fault injector kills the process there).
+    into place, ``after_rotate(tmp)`` once ``checkpoint_prev.pt`` has been replaced and before
+    the rename (test hooks: the fault injector kills the process there).
     """
     path = Path(path)
     if not _finite(payload["model_state"]):
@@ -105,12 +101,17 @@ def save_checkpoint(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **payload,
     }
+    buffer = io.BytesIO()
+    torch.save(data, buffer)  # in memory: a full disk is then an OSError of the plain write
     with atomic_write(path) as tmp:
-        torch.save(data, tmp)
+        with open(tmp, "xb") as f:
+            f.write(buffer.getbuffer())
         if before_commit is not None:
             before_commit(tmp)
         if keep_previous and path.exists():
             _keep_previous(path)
+            if after_rotate is not None:
+                after_rotate(tmp)
     return path
 
 
@@ -219,6 +220,50 @@ def stored_preset(run_dir: str | Path) -> dict[str, Any] | None:
             except CheckpointError:
                 continue
     return None
+
+
+def check_state_shapes(
+    expected: dict[str, Any], state: dict[str, Any], source: str, fits: str = "the model"
+) -> None:
+    """Refuse a state dict whose tensors are missing, unexpected or of another shape than the
+    ``expected`` state dict's (one line, before anything is loaded)."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    problem = None
+    if missing or extra:
+        kind = "missing" if missing else "unexpected"
+        problem = f"{kind} tensors {', '.join((missing or extra)[:3])}"
+    else:
+        for key, want in expected.items():
+            got = state[key]
+            if not isinstance(got, torch.Tensor):
+                problem = f"{key} is not a tensor"
+            elif isinstance(want, torch.Tensor) and tuple(got.shape) != tuple(want.shape):
+                problem = f"{key} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+            if problem:
+                break
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit {fits} ({problem})")
+
+
+def check_optimizer_shapes(model: torch.nn.Module, optimizer_state: Any, source: str) -> None:
+    """Refuse an optimiser state whose per-parameter tensors (Adam's moments) do not have their
+    parameter's shape: loading it would fail later, inside a training step."""
+    if not isinstance(optimizer_state, dict) or not isinstance(optimizer_state.get("state"), dict):
+        raise CheckpointError(f"{source}: optimizer state missing or malformed")
+    params = list(model.parameters())  # the order build_optimizer gives them
+    for index, entry in optimizer_state["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise CheckpointError(f"{source}: optimizer state names parameter {index!r}")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{source}: optimizer state of parameter {index} is malformed")
+        for key, value in entry.items():
+            want = tuple(params[index].shape)
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != want:
+                raise CheckpointError(
+                    f"{source}: optimizer tensor {key} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, the parameter's is {want}"
+                )
 
 
 def check_compatible(

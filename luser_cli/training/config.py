@@ -26,11 +26,22 @@ from luser_cli.errors import ConfigError
 from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics
 from luser_cli.solvers.config import EquilibriumConfig
-from luser_cli.tasks import TASK_NAMES, get_task
+from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, TASK_NAMES, get_task
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A preset section: unknown keys refused, and strict types (``batch_size = true`` or
+    ``image_size = "32"`` are refused, not coerced); numbers must be finite."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
+
+
+#: What ``Preset.for_model("deq4ip")`` fills in for unset DEQ4IP settings (measured in
+#: ``examples/deq4ip-convergence.md``): a fixed-affine BatchNorm and this data-step anchor.
+DEQ4IP_NORM = "fixed"
+DEQ4IP_ANCHOR = 0.01
 
 
 class ModelSettings(_Section):
@@ -52,6 +63,21 @@ class ModelSettings(_Section):
         description="p: the data step weights each ray's residual by its relative photon count "
         "exp(-mu_max y) to the p, normalised to mean 1; 0 = every ray alike (the paper's), "
         "1 = inverse noise variance (CT's post-log Poisson data only)",
+    )
+    deq4ip_norm: Literal["batch", "fixed"] | None = Field(
+        None,
+        description="DEQ4IP only: its DnCNN's BatchNorm inside the fixed point; batch = batch "
+        "statistics (the original; makes the map expansive, its solves do not converge), fixed = "
+        "a fixed per-channel affine map; unset = fixed for new runs (batch for checkpoints "
+        "from before this setting)",
+    )
+    deq4ip_anchor: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="DEQ4IP only: mu of the data step's Tikhonov term -mu (x - x0), which makes "
+        "the map contract on the null space of A (step clamped to [0, 2/(1+mu)]); unset = "
+        f"{DEQ4IP_ANCHOR} for new runs (0 for checkpoints from before this setting)",
     )
 
 
@@ -85,7 +111,7 @@ class TrainSettings(_Section):
     )
     aux_loss: bool = Field(False, description="the loss on every intermediate x_k as well")
     grad_clip: float | None = Field(1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of data order, noise and weights")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch")
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")
     bf16: bool = Field(False, description="bfloat16 autocast of the networks (CUDA, or AMX CPUs)")
@@ -110,11 +136,21 @@ class DataSettings(_Section):
     val_size: int = Field(16, ge=1)
     test_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
+    builtin: Literal["auto", "ellipses", "photos", "mix"] = Field(
+        "auto",
+        description="built-in images: auto (photo patches for deblur, ellipse phantoms otherwise), "
+        "ellipses, photos (grey for CT and MRI), or mix (half photos, half ellipses)",
+    )
+    random_phase: bool = Field(
+        False,
+        description="MRI: give half of the built-in images a smooth random phase "
+        "(complex images, as fastMRI's)",
+    )
 
 
 class Preset(_Section):
     task: Literal["deblur", "ct", "mri4x", "mri8x"]
-    image_size: int = Field(ge=8, le=4096)
+    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
     physics: dict[str, Any] = Field(default_factory=dict)
     model: ModelSettings = ModelSettings()
     solver: EquilibriumConfig = EquilibriumConfig()
@@ -154,10 +190,20 @@ class Preset(_Section):
     def for_model(self, model_name: str) -> Preset:
         """This preset as ``model_name`` trains it: ``train.lr`` taken from ``train.model_lr``
         when that names the model (idempotent)."""
+        out = self
+        if model_name == "deq4ip":  # new runs get the contractive DEQ4IP (ModelSettings)
+            m = self.model
+            fill = {}
+            if m.deq4ip_norm is None:
+                fill["deq4ip_norm"] = DEQ4IP_NORM
+            if m.deq4ip_anchor is None:
+                fill["deq4ip_anchor"] = DEQ4IP_ANCHOR
+            if fill:
+                out = out.model_copy(update={"model": m.model_copy(update=fill)})
         lr = self.train.model_lr.get(model_name)
         if lr is None or lr == self.train.lr:
-            return self
-        return self.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
+            return out
+        return out.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
 
     def physics_model(self):  # -> the task's typed physics settings
         return resolve_physics(self.task, self.physics)

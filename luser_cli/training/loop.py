@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from luser_cli.data.sources import open_dataset
-from luser_cli.errors import CheckpointError, ConfigError, LuserError
+from luser_cli.errors import CheckpointError, ConfigError, LuserError, OutputError
 from luser_cli.evaluation.metrics import mri_volume_max
 from luser_cli.evaluation.metrics import psnr as field_psnr
 from luser_cli.evaluation.metrics import ssim as field_ssim
-from luser_cli.io.atomic import atomic_write
+from luser_cli.io.atomic import atomic_write, disk_full_error, disk_full_reason
 from luser_cli.models.registry import count_parameters
 from luser_cli.models.unrolled import ReconstructionModel
 from luser_cli.physics import output_image
@@ -42,7 +42,16 @@ from luser_cli.tasks import get_task
 from luser_cli.training import checkpoint as ckpt
 from luser_cli.training.batches import Batch, BatchMaker
 from luser_cli.training.config import Preset, preset_to_toml
+from luser_cli.training.convergence import STEP_KEY as BWD_STEP_KEY
+from luser_cli.training.convergence import (
+    backward_convergence,
+    convergence_warning,
+    read_metrics,
+    step_backward_converged,
+)
 from luser_cli.training.distributed import DistContext
+from luser_cli.training.init_weights import load_init_weights
+from luser_cli.training.run_lock import RunLock, check_run_folder
 from luser_cli.training.sampler import BatchPlan
 from luser_cli.training.schedule import learning_rate
 from luser_cli.training.step import (
@@ -55,10 +64,11 @@ from luser_cli.training.step import (
 EXPLODED_RESIDUAL = 1e3  # a forward residual above this marks the fixed point as exploded
 PLOT_EVERY_S = 60.0  # least seconds between redraws of training_curve.png during a run
 VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT_EPOCH)
+LENGTH = ("train.steps ", "train.epochs ")  # settings --resume may change (the run's length)
 
 
 FAULT_ENV = "LUSER_FAULT_INJECT"  # test hook, see FaultPlan
-FAULT_KINDS = ("nan", "inf-grad", "explode", "nan-weights", "kill-save")
+FAULT_KINDS = ("nan", "inf-grad", "explode", "nan-weights", "kill-save", "kill-rotate")
 
 
 class TrainingFailed(LuserError):
@@ -82,7 +92,8 @@ class FaultPlan:
     rollback. Kinds: ``nan`` (the loss), ``inf-grad`` (a gradient), ``explode`` (the forward
     fixed-point residual), ``nan-weights`` (the weights after the optimiser step), ``kill-save``
     (SIGKILL the process while it saves the checkpoint of that step, after the temporary file is
-    written and before it is renamed into place).
+    written and before it is renamed into place), ``kill-rotate`` (the same, once
+    ``checkpoint_prev.pt`` has been replaced by the current ``checkpoint_last.pt``).
     """
 
     def __init__(self, spec: str | None) -> None:
@@ -104,6 +115,11 @@ class FaultPlan:
             self.pending.remove((kind, step))
             return True
         return False
+
+
+def _sigkill(_tmp: Path) -> None:
+    """The fault injector's kill: SIGKILL this process (no cleanup runs)."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +150,9 @@ def solver_summary(records: list[dict], tol: float | None = None) -> dict[str, f
         res = [r["forward_residual"] for r in records if "forward_residual" in r]
         if res:
             out["fp_nonconverged"] = float(sum(int((r > tol).sum()) for r in res))
+    bwd_ok = step_backward_converged(records)
+    if bwd_ok is not None:
+        out[BWD_STEP_KEY] = bwd_ok  # fraction of this step's backward solves that converged
     return out
 
 
@@ -169,6 +188,7 @@ class Trainer:
         dist: DistContext | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        init: str | None = None,
     ) -> None:
         preset = preset.for_model(model_name)  # a per-model learning rate (train.model_lr)
         self.preset = preset
@@ -180,6 +200,7 @@ class Trainer:
         self.show_progress = progress and self.dist.is_main
         self.log = log if self.dist.is_main else (lambda _m: None)
         self._stop_signal: int | None = None
+        self._lock: RunLock | None = None
         self.faults = FaultPlan(os.environ.get(FAULT_ENV))
 
         t = preset.train
@@ -201,6 +222,8 @@ class Trainer:
             preset.data.path,
             self.seed,
             size=preset.data.train_size if builtin else None,
+            builtin=preset.data.builtin,
+            random_phase=preset.data.random_phase,
         )
         self.val_set = open_dataset(
             preset.task,
@@ -209,6 +232,8 @@ class Trainer:
             preset.data.path,
             self.seed,
             size=preset.data.val_size,
+            builtin=preset.data.builtin,
+            random_phase=preset.data.random_phase,
         )
         self.plan = BatchPlan(
             len(self.train_set), t.batch_size, self.seed, self.dist.rank, self.dist.world_size
@@ -220,6 +245,19 @@ class Trainer:
         self.model: ReconstructionModel = build_training_model(
             preset, model_name, step_scale=1.0 / self.maker.norm_sq()
         ).to(self.device)
+        self.init_label: str | None = None
+        if init is not None and self._resumable is None:  # a resumed run keeps its own weights
+            self.init_label = load_init_weights(
+                self.model,
+                init,
+                task=preset.task,
+                model_name=model_name,
+                channels=self.channels,
+                model_settings=preset.model.model_dump(mode="json"),
+                log=log if self.dist.is_main else (lambda line: None),
+            )
+            if self.dist.is_main:
+                log(f"initialised from {self.init_label}")
         self.parameters = count_parameters(self.model)
         self.net: nn.Module = self.dist.wrap(self.model)
         self.optimizer = build_optimizer(self.model, t)
@@ -262,6 +300,10 @@ class Trainer:
 
     def _load_state(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint's training state; a state that does not fit is one line."""
+        ckpt.check_state_shapes(
+            self.model.state_dict(), state["model_state"], source, f"this {self.model_name} run"
+        )
+        ckpt.check_optimizer_shapes(self.model, state.get("optimizer_state"), source)
         try:
             self.model.load_state_dict(state["model_state"])
             self.optimizer.load_state_dict(state["optimizer_state"])
@@ -304,11 +346,13 @@ class Trainer:
             if best:
                 ckpt.save_checkpoint(self.out / ckpt.BEST, state)
             kill = self.faults.take("kill-save", self.step)
+            kill_rotate = self.faults.take("kill-rotate", self.step)
             ckpt.save_checkpoint(
                 self.out / ckpt.LAST,
                 state,
                 keep_previous=True,
-                before_commit=(lambda _tmp: os.kill(os.getpid(), signal.SIGKILL)) if kill else None,
+                before_commit=_sigkill if kill else None,
+                after_rotate=_sigkill if kill_rotate else None,
             )
         self._saved_step = self.step
         self._remember_good()
@@ -320,8 +364,13 @@ class Trainer:
     def _write_metrics(self, row: dict[str, Any]) -> None:
         self.metrics_rows += 1
         if self.dist.is_main:
-            with open(self._metrics_path(), "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(self._metrics_path(), "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:  # a full disk: one line; a torn row is dropped on resume
+                if disk_full_reason(e) is None:
+                    raise
+                raise disk_full_error(self._metrics_path(), e) from None
 
     def _truncate_metrics(self, rows: int | None, step: int) -> None:
         """Keep the first ``rows`` complete rows of ``metrics.jsonl`` (those a checkpoint covers;
@@ -447,6 +496,12 @@ class Trainer:
         """Dotted preset fields that differ between a checkpoint and this run."""
         now = self.preset.model_dump(mode="json")
         changed: list[str] = []
+        if self.model_name == "deq4ip" and isinstance(stored.get("model"), dict):
+            # A DEQ4IP run from before model.deq4ip_norm/anchor trained the original map.
+            stored = {**stored, "model": dict(stored["model"])}
+            for key, original in (("deq4ip_norm", "batch"), ("deq4ip_anchor", 0.0)):
+                if stored["model"].get(key) is None:
+                    stored["model"][key] = original
 
         def walk(a: Any, b: Any, key: str) -> None:
             if isinstance(a, dict) and isinstance(b, dict):
@@ -460,8 +515,10 @@ class Trainer:
 
     def _open_run(self) -> dict[str, Any] | None:
         """Rank 0's view of the run folder: the checkpoint to resume from, or None for a new
-        run. Raises a one-line error for a folder that cannot be used."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        run. Raises a one-line error for a folder that cannot be used: a file, a folder holding
+        files luser did not write, or a run with other settings (``--resume``). Reads only:
+        nothing is created before the whole trainer is built (:meth:`_lock_run_folder`)."""
+        check_run_folder(self.out, resume=self.resume)
         resumable = ckpt.load_resumable(self.out, warn=self.log) if self.resume else None
         if resumable is not None:
             ckpt.check_compatible(
@@ -472,6 +529,15 @@ class Trainer:
                 channels=self.channels,
                 source=f"run folder {self.out}",
             )
+            changed = [
+                c for c in self._changed_settings(resumable["preset"]) if not c.startswith(LENGTH)
+            ]
+            if changed:
+                raise ConfigError(
+                    f"{self.out} was trained with other settings ({'; '.join(changed[:3])}); "
+                    "--resume continues a run only with its own settings (--steps/--epochs may "
+                    "extend it): drop those flags or choose another --out"
+                )
             return resumable
         existing = [n for n in (ckpt.LAST, ckpt.PREV, ckpt.BEST) if (self.out / n).exists()]
         if existing and not self.resume:
@@ -498,8 +564,39 @@ class Trainer:
             raise kinds.get(outcome[0], LuserError)(outcome[1])
         return outcome[1]
 
+    def _lock_run_folder(self) -> None:
+        """Rank 0: create the run folder and take its lock (:class:`RunLock`), then check again
+        what the folder holds, now that no other ``luser train`` can write it. The outcome (or
+        its one-line error) reaches every rank."""
+        problem: tuple[str, str] | None = None
+        if self.dist.is_main:
+            try:
+                try:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    why = e.strerror or type(e).__name__
+                    raise OutputError(f"--out {self.out}: cannot create it ({why})") from None
+                self._lock = RunLock(self.out).acquire()  # released by run() or process end
+                check_run_folder(self.out, resume=self.resume)
+                if self.resume:
+                    now = ckpt.load_resumable(self.out, warn=lambda _m: None)
+                    before = self._resumable
+                    if (now and now["step"]) != (before and before["step"]):
+                        raise ConfigError(
+                            f"{self.out} changed while this run was starting (another luser "
+                            "train wrote it); run the command again"
+                        )
+            except LuserError as e:
+                problem = (type(e).__name__, str(e))
+        problem = self.dist.broadcast_from_main(problem)
+        if problem is not None:
+            self.close()
+            kinds = {c.__name__: c for c in (ConfigError, CheckpointError, OutputError)}
+            raise kinds.get(problem[0], LuserError)(problem[1])
+
     def _prepare_run_dir(self) -> None:
         """Restore the checkpoint found when the trainer was made, or start a new run folder."""
+        self._lock_run_folder()
         resumable, self._resumable = self._resumable, None
         if resumable is not None:
             self._load_state(resumable, f"{self.out}")
@@ -616,7 +713,21 @@ class Trainer:
             )
         self._last_plot = now
 
+    def close(self) -> None:
+        """Release the run folder's lock (also released when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def run(self) -> dict[str, Any]:
+        """Train to the end (see the module docstring); the run folder's lock is released
+        however it ends."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict[str, Any]:
         from luser_cli.training.progress import TrainingProgress
 
         with self._signals():
@@ -624,6 +735,8 @@ class Trainer:
             start_step = self.step
             t0 = time.perf_counter()
             progress = TrainingProgress(self.total_steps, start_step, enabled=self.show_progress)
+            if start_step:  # resumed: count the earlier steps' backward solves too
+                progress.backward = backward_convergence(read_metrics(self._metrics_path()))
             last: StepResult | None = None
             with progress:
                 while self.step < self.total_steps:
@@ -662,6 +775,12 @@ class Trainer:
                         self._plot_curves(force=done)
                     if self.step % self.save_every == 0 or done or best:
                         self.save(best=best)
+        bwd = None
+        if self.dist.is_main:
+            bwd = backward_convergence(read_metrics(self._metrics_path()))
+        warning = convergence_warning(bwd)
+        if warning:
+            self.log(warning)
         summary = {
             "task": self.preset.task,
             "model": self.model_name,
@@ -672,7 +791,9 @@ class Trainer:
             "best_val_psnr": self.best_val,
             "final_loss": last.loss if last else None,
             "rollbacks": self.rollbacks,
+            "init": self.init_label,
             "fp_nonconverged": self.nonconverged_total,
+            "fp_backward_converged_steps": bwd,
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "out": str(self.out),

@@ -1,4 +1,5 @@
-"""Rich progress bar for training: loss, PSNR, fixed-point iterations, non-convergence, ETA."""
+"""Rich progress bar for training: loss, PSNR, fixed-point iterations, non-convergence, the
+share of steps whose implicit backward solve converged (``bwd ok``), ETA."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class TrainingProgress:
     def __init__(self, total: int, start: int = 0, enabled: bool = True) -> None:
         self.enabled = enabled
         self.val = ""
+        #: Steps so far whose backward solves all converged: ``{"steps", "converged_steps"}``
+        #: (:func:`luser_cli.training.convergence.backward_convergence` of a resumed run's rows).
+        self.backward: dict[str, Any] | None = None
         self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -50,6 +54,15 @@ class TrainingProgress:
                 info += f" bwd {stats['fp_backward_iters']:.1f}"
             if nonconverged:
                 info += f"  [yellow]not converged {nonconverged}[/]"
+        ok = stats.get("fp_backward_converged")
+        if ok is not None:
+            b = dict(self.backward or {"steps": 0, "converged_steps": 0})
+            b["steps"] += 1
+            b["converged_steps"] += int(ok >= 1.0)
+            self.backward = b
+            share = b["converged_steps"] / b["steps"]
+            style = "yellow" if share < 0.5 else "default"
+            info += f"  [{style}]bwd ok {share:.0%}[/]"
         if self.val:
             info += f"  {self.val}"
         self._progress.update(self._task, completed=step, info=info)

@@ -34,6 +34,8 @@ def build_training_model(
         data_step=preset.model.data_step,
         ray_weight_power=preset.model.ray_weight_power,
         mu_max=getattr(preset.physics_model(), "mu_max", None),
+        deq4ip_norm=preset.model.deq4ip_norm or "batch",
+        deq4ip_anchor=preset.model.deq4ip_anchor or 0.0,
     )
 
 

@@ -1,0 +1,102 @@
+"""The generated ground truths of the built-in data: ellipse phantoms, photo patches, or a mix.
+
+A built-in image is drawn from its item seed alone (:func:`luser_cli.data.splits.item_seed`),
+so every split and seed is reproducible and needs no files beyond scikit-image's bundled photos.
+
+Kinds (``[data] builtin`` / ``--builtin``):
+
+- ``ellipses``: dival-style random ellipse phantoms (CT: scaled to a peak attenuation of
+  :data:`CT_PHANTOM_MAX`; MRI: a real magnitude image in ``[0, 1]``);
+- ``photos``: patches of scikit-image's colour photographs (:mod:`luser_cli.data.photos`, split
+  by photograph), grey for CT and MRI; for CT the grey values are scaled to a random peak
+  attenuation in ``[CT_PHOTO_PEAK]`` (LoDoPaB units, soft tissue is about 0.25);
+- ``mix``: each item is a photo patch or an ellipse phantom with probability 1/2 each — natural
+  textures so the prox does not learn only piecewise-constant images;
+- ``auto``: photos for deblurring, ellipses otherwise (the paper's data for each task).
+
+``random_phase`` (MRI only): half of the items are multiplied by a smooth random phase
+``exp(i phi)``, ``phi`` a random low-frequency field of up to about ±pi, as real MRI images are
+complex; the magnitude is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from luser_cli.data.phantoms import random_ellipses
+from luser_cli.data.photos import photo_patch
+
+#: Peak attenuation of the built-in CT ellipse phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is
+#: about 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is
+#: bone everywhere and a 26 cm path attenuates the beam by e^-10 or more, so with LoDoPaB's 4096
+#: photons most detector bins count almost nothing: measured at 64 px, FBP 16.2 dB and TV
+#: 14.5 dB, a photon-starved problem; at 0.35, FBP 24.4 dB and TV 28.3 dB.
+CT_PHANTOM_MAX = 0.35
+#: Range of the peak attenuation of grey photo patches for CT (uniform).
+CT_PHOTO_PEAK = (0.25, 0.7)
+BUILTIN_KINDS = ("auto", "ellipses", "photos", "mix")
+#: Side of the random field that is upsampled into a smooth phase map.
+PHASE_GRID = 4
+
+
+def resolve_kind(kind: str, channels: int) -> str:
+    """``auto`` -> ``photos`` (RGB deblurring) or ``ellipses``; other kinds unchanged."""
+    if kind not in BUILTIN_KINDS:
+        raise ValueError(f"unknown built-in data kind {kind!r}; known: {', '.join(BUILTIN_KINDS)}")
+    if kind == "auto":
+        return "photos" if channels == 3 else "ellipses"
+    return kind
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    from luser_cli.data.transforms import _LUMA
+
+    return np.tensordot(_LUMA, rgb, axes=1)[None].astype(np.float32)
+
+
+def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) -> np.ndarray:
+    """One built-in ground truth ``(C, size, size)`` for item seed ``seed``, before the task's
+    channel conversion (:func:`luser_cli.data.transforms.to_task_channels` turns RGB into grey
+    and grey into RGB or real + zero imaginary part).
+
+    ``kind`` is resolved with :func:`resolve_kind`. Photos are RGB in ``[0, 1]``, except for CT,
+    where they are grey scaled to a random peak in :data:`CT_PHOTO_PEAK`; ellipse phantoms are
+    1 channel in ``[0, 1]``, scaled to :data:`CT_PHANTOM_MAX` for CT (1 channel). The ``auto``
+    kinds give bit-identical images to earlier luser versions.
+    """
+    kind = resolve_kind(kind, channels)
+    if kind == "mix":
+        kind = "photos" if np.random.default_rng([seed, 1]).random() < 0.5 else "ellipses"
+    if kind == "photos":
+        rgb = photo_patch(split, size, seed)
+        if channels != 1:
+            return rgb
+        lo, hi = CT_PHOTO_PEAK
+        peak = np.float32(np.random.default_rng([seed, 2]).uniform(lo, hi))
+        return _grey(rgb) * peak
+    image = random_ellipses(size, seed)[None]
+    return image * CT_PHANTOM_MAX if channels == 1 else image
+
+
+def with_random_phase(image: np.ndarray, seed: int) -> np.ndarray:
+    """MRI ``(2, H, W)`` real image (imag = 0) -> the same magnitude times a smooth random phase,
+    for half of the seeds (the other half are returned unchanged)."""
+    rng = np.random.default_rng([seed, 3])
+    if rng.random() < 0.5:
+        return image
+    phase = smooth_phase(image.shape[-1], rng)
+    magnitude = image[0]
+    return np.stack([magnitude * np.cos(phase), magnitude * np.sin(phase)]).astype(np.float32)
+
+
+def smooth_phase(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random smooth phase map ``(size, size)`` in radians: a constant offset plus a
+    bicubically upsampled ``PHASE_GRID x PHASE_GRID`` Gaussian field, peak about ±pi."""
+    grid = rng.normal(0.0, 1.0, (1, 1, PHASE_GRID, PHASE_GRID)).astype(np.float32)
+    field = F.interpolate(
+        torch.from_numpy(grid), size=(size, size), mode="bicubic", align_corners=True
+    )[0, 0].numpy()
+    field = field / max(float(np.abs(field).max()), 1e-6)
+    return (rng.uniform(-np.pi, np.pi) + np.pi * field).astype(np.float32)
