@@ -107,7 +107,7 @@ def main() -> None:
         if metrics is not None and task in metrics.get("summary", {}):
             card["real_images"] = {
                 "set": metrics["set"],
-                "command": metrics["command"],
+                "commands": metrics.get("commands", [metrics.get("command")]),
                 "summary": metrics["summary"][task],
                 "rows": metrics["rows"][task],
             }
