@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from fixtures.cli import assert_clean_error, run_cli
 from fixtures.files import make_nifti_volume, make_png
+from fixtures.tiny import TINY, TRAIN
 
 resource = pytest.importorskip("resource")
 
@@ -37,22 +38,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource 
 #: for python + torch + h5py + nibabel on a CPU build): a small command fits, every bomb would
 #: need 4 GB or more.
 AS_HEADROOM = 2 * 1024**3
-
-TINY = """
-task = "mri4x"
-image_size = 16
-[model]
-stages = 2
-[train]
-steps = 2
-batch_size = 2
-save_every = 1
-val_every = 2
-[data]
-train_size = 4
-val_size = 2
-"""
-TRAIN = ["train", "--task", "mri4x", "--model", "luser-sw", "--threads", "1", "--no-progress"]
 
 
 def run_limited(

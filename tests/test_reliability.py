@@ -21,24 +21,9 @@ import pytest
 import torch
 from fixtures.cli import assert_clean_error, run_cli
 from fixtures.files import make_png
+from fixtures.tiny import TINY, TRAIN
 
 from luser_cli.training import checkpoint as ckpt
-
-TINY = """
-task = "mri4x"
-image_size = 16
-[model]
-stages = 2
-[train]
-steps = 2
-batch_size = 2
-save_every = 1
-val_every = 2
-[data]
-train_size = 4
-val_size = 2
-"""
-TRAIN = ["train", "--task", "mri4x", "--model", "luser-sw", "--threads", "1", "--no-progress"]
 
 
 def tree(folder: Path) -> dict[str, bytes]:

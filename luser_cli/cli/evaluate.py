@@ -150,21 +150,9 @@ def evaluate(
             f"fixed-point iterations per image: {extra['fp_forward_iterations_per_image']:.1f}"
         )
     typer.echo(f"A / A^T applications per image: {extra['operator_applications_per_image']:.0f}")
-    from luser_cli.evaluation.equilibria import format_equilibria
-    from luser_cli.training.convergence import convergence_warning
+    from luser_cli.cli.info import print_equilibrium_facts
 
-    conv = result.get("training_backward_convergence")
-    if conv is not None:
-        typer.echo(
-            f"training steps whose backward solve converged: {conv['converged_step_fraction']:.0%}"
-            f" ({conv['converged_steps']}/{conv['steps']})"
-        )
-        warning = convergence_warning(conv)
-        if warning:
-            typer.echo(warning, err=True)
-    if result.get("equilibria"):
-        for line in format_equilibria(result["equilibria"]):
-            typer.echo(line)
+    print_equilibrium_facts(result)
     if best is not None:
         typer.echo(
             f"model - best classical ({best}): {result['model_minus_best_classical_db']:+.2f} dB"

@@ -125,10 +125,16 @@ def _describe_run(run: Path) -> dict:
 
 
 def _print_run_facts(data: dict) -> None:
+    typer.echo(f"checkpoint: {data['checkpoint']} (step {data['trained_steps']})")
+    print_equilibrium_facts(data)
+
+
+def print_equilibrium_facts(data: dict) -> None:
+    """The training steps' backward convergence (with its warning) and the per-stage
+    equilibrium lines of a ``luser eval`` / ``luser info --checkpoint`` result."""
     from luser_cli.evaluation.equilibria import format_equilibria
     from luser_cli.training.convergence import convergence_warning
 
-    typer.echo(f"checkpoint: {data['checkpoint']} (step {data['trained_steps']})")
     conv = data.get("training_backward_convergence")
     if conv is not None:
         typer.echo(
