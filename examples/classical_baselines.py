@@ -140,7 +140,7 @@ def ct_phantoms(size: int) -> dict[str, np.ndarray]:
     soft-tissue attenuation (max 0.35), an anatomical MRI slice as an attenuation map (max 0.4)."""
     from skimage.data import shepp_logan_phantom
 
-    from luser_cli.data.datasets import CT_PHANTOM_MAX
+    from luser_cli.data.builtin_images import CT_PHANTOM_MAX
     from luser_cli.data.phantoms import random_ellipses
 
     out = {"shepp-logan": resize(shepp_logan_phantom(), (size, size), anti_aliasing=True)}

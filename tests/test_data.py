@@ -21,8 +21,8 @@ from fixtures.files import (
 )
 from torch.utils.data import DataLoader
 
+from luser_cli.data.builtin import BuiltinDataset
 from luser_cli.data.datasets import (
-    BuiltinDataset,
     CelebADataset,
     FastMRIDataset,
     FolderDataset,

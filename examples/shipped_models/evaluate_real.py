@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from luser_cli.bench.machine import machine_info
 from luser_cli.evaluation.metrics import psnr, ssim
 
 MU_WATER, MU_MAX = 20.0, 81.35858  # 1/m: LoDoPaB's HU conversion and normalisation
@@ -374,12 +373,7 @@ def main() -> None:
     result = {
         "set": args.set,
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "seconds": time.time() - t0,
         "models": models or "shipped",
         "summary": summary(rows),

@@ -40,7 +40,7 @@ from luser_cli.training.config import (
     paper_preset_for_task,
     paper_preset_name,
 )
-from luser_cli.training.convergence import WARN_BELOW, backward_convergence
+from luser_cli.training.convergence import WARN_BELOW, backward_convergence, read_metrics
 
 __all__ = [
     "CELL_FILE",
@@ -196,15 +196,7 @@ def training_stats(metrics_path: Path) -> dict[str, Any]:
     """Per-step facts from a run's ``metrics.jsonl``: time per step (the first step, which
     pays for allocations and lazy initialisation, excluded), solver iterations, operator
     calls, losses, rollback events."""
-    rows: list[dict[str, Any]] = []
-    if metrics_path.exists():
-        for line in metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    rows = read_metrics(metrics_path)
     steps = [r for r in rows if "time_s" in r and "event" not in r]
     timed = [r["time_s"] for r in steps if r.get("step", 0) > 1] or [r["time_s"] for r in steps]
     tail = steps[-max(1, len(steps) // 10) :] if steps else []

@@ -1,7 +1,8 @@
 """Ground-truth images for training and evaluation: built-in data and real data set folders.
 
 - :func:`open_dataset` (``sources.py``): ``--data PATH`` -> the right data set for a task;
-- ``datasets.py``: :class:`BuiltinDataset`, :class:`CelebADataset`, :class:`LoDoPaBDataset`,
+- ``builtin.py``: :class:`BuiltinDataset`;
+- ``datasets.py``: :class:`CelebADataset`, :class:`LoDoPaBDataset`,
   :class:`FastMRIDataset`, :class:`FolderDataset` (items ``(image (C, H, W), meta)``);
 - ``phantoms.py``: :func:`random_ellipses`; ``photos.py``: scikit-image photo patches;
 - ``splits.py``: seeded, disjoint train/val/test splits; ``transforms.py``: task layout helpers.
@@ -18,7 +19,7 @@ _EXPORTS = {
     "open_dataset": "sources",
     "detect_kind": "sources",
     "BUILTIN_SIZES": "sources",
-    "BuiltinDataset": "datasets",
+    "BuiltinDataset": "builtin",
     "CelebADataset": "datasets",
     "LoDoPaBDataset": "datasets",
     "FastMRIDataset": "datasets",

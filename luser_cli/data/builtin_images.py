@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from luser_cli.data.phantoms import random_ellipses
 from luser_cli.data.photos import photo_patch
+from luser_cli.data.transforms import to_task_channels
 
 #: Peak attenuation of the built-in CT ellipse phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is
 #: about 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is
@@ -50,12 +51,6 @@ def resolve_kind(kind: str, channels: int) -> str:
     return kind
 
 
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    from luser_cli.data.transforms import _LUMA
-
-    return np.tensordot(_LUMA, rgb, axes=1)[None].astype(np.float32)
-
-
 def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) -> np.ndarray:
     """One built-in ground truth ``(C, size, size)`` for item seed ``seed``, before the task's
     channel conversion (:func:`luser_cli.data.transforms.to_task_channels` turns RGB into grey
@@ -75,7 +70,7 @@ def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) ->
             return rgb
         lo, hi = CT_PHOTO_PEAK
         peak = np.float32(np.random.default_rng([seed, 2]).uniform(lo, hi))
-        return _grey(rgb) * peak
+        return to_task_channels(rgb, "ct") * peak
     image = random_ellipses(size, seed)[None]
     return image * CT_PHANTOM_MAX if channels == 1 else image
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from luser_cli.data.builtin import BuiltinDataset
 from luser_cli.data.datasets import (
     FASTMRI_FOLDERS,
-    BuiltinDataset,
     CelebADataset,
     FastMRIDataset,
     FileSliceDataset,

@@ -42,7 +42,10 @@ def export_weights(source: str | Path, dest: str | Path) -> dict[str, Any]:
     checkpoint file) to ``dest``; returns the kept fields (tensors included)."""
     from luser_cli.runs import checkpoint_file
 
-    data = ckpt.load_checkpoint(checkpoint_file(source))
+    return _write(ckpt.load_checkpoint(checkpoint_file(source)), Path(dest))
+
+
+def _write(data: dict[str, Any], dest: Path) -> dict[str, Any]:
     kept = {k: data[k] for k in KEPT if k in data}
     kept["model_state"] = {
         k: v.detach().clone().contiguous() for k, v in data["model_state"].items()
@@ -60,10 +63,12 @@ def export_shipped(source: str | Path, folder: str | Path, card: dict[str, Any])
     ``card`` holds what only the caller knows (data, command, wall time, machine, metrics);
     task, model, image size, steps, parameters, versions, size and sha256 come from the file.
     """
+    from luser_cli.runs import checkpoint_file
+
     folder = Path(folder)
-    probe = ckpt.load_checkpoint(_best(source))
-    dest = folder / f"{probe['task']}.pt"
-    kept = export_weights(source, dest)
+    data = ckpt.load_checkpoint(checkpoint_file(source))
+    dest = folder / f"{data['task']}.pt"
+    kept = _write(data, dest)
     full = {
         "task": kept["task"],
         "model": kept["model"],
@@ -77,13 +82,6 @@ def export_shipped(source: str | Path, folder: str | Path, card: dict[str, Any])
         "bytes": dest.stat().st_size,
         "sha256": sha256_of(dest),
     }
-    atomic_write_bytes(
-        folder / f"{kept['task']}.json", (json.dumps(full, indent=2) + "\n").encode()
-    )
+    card_bytes = (json.dumps(full, indent=2) + "\n").encode()
+    atomic_write_bytes(folder / f"{kept['task']}.json", card_bytes)
     return dest
-
-
-def _best(source: str | Path) -> Path:
-    from luser_cli.runs import checkpoint_file
-
-    return checkpoint_file(source)

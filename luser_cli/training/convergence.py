@@ -10,6 +10,7 @@ records ``fp_backward_converged`` in ``metrics.jsonl``: the fraction of its back
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,27 @@ def convergence_warning(summary: Mapping[str, Any] | None, what: str = "training
         "not the exact implicit gradient (raise --bwd-max-iter / --bwd-tol, or use a more "
         "contractive model)"
     )
+
+
+def solver_summary(records: list[dict], tol: float | None = None) -> dict[str, float]:
+    """Mean forward/backward iterations and the worst residuals over stages and samples."""
+    out: dict[str, float] = {}
+    for key in ("forward", "backward"):
+        its = [r[f"{key}_iterations"].float() for r in records if f"{key}_iterations" in r]
+        res = [r[f"{key}_residual"].float() for r in records if f"{key}_residual" in r]
+        if its:
+            out[f"fp_{key}_iters"] = float(torch.stack([i.mean() for i in its]).mean())
+            out[f"fp_{key}_iters_total"] = float(sum(float(i.mean()) for i in its))
+        if res:
+            worst = float(torch.stack([r.max() for r in res]).max())
+            if any(bool(r[f"{key}_nonfinite"].any()) for r in records if f"{key}_nonfinite" in r):
+                worst = math.inf  # a sample's iterates stopped being finite: exploded
+            out[f"fp_{key}_residual_max"] = worst
+    if tol is not None:
+        res = [r["forward_residual"] for r in records if "forward_residual" in r]
+        if res:
+            out["fp_nonconverged"] = float(sum(int((r > tol).sum()) for r in res))
+    bwd_ok = step_backward_converged(records)
+    if bwd_ok is not None:
+        out[STEP_KEY] = bwd_ok  # fraction of this step's backward solves that converged
+    return out

@@ -42,14 +42,14 @@ from luser_cli.tasks import get_task
 from luser_cli.training import checkpoint as ckpt
 from luser_cli.training.batches import Batch, BatchMaker
 from luser_cli.training.config import Preset, preset_to_toml
-from luser_cli.training.convergence import STEP_KEY as BWD_STEP_KEY
 from luser_cli.training.convergence import (
     backward_convergence,
     convergence_warning,
     read_metrics,
-    step_backward_converged,
+    solver_summary,
 )
 from luser_cli.training.distributed import DistContext
+from luser_cli.training.faults import FAULT_ENV, FaultPlan, sigkill
 from luser_cli.training.init_weights import load_init_weights
 from luser_cli.training.run_lock import RunLock, check_run_folder
 from luser_cli.training.sampler import BatchPlan
@@ -67,10 +67,6 @@ VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT
 LENGTH = ("train.steps ", "train.epochs ")  # settings --resume may change (the run's length)
 
 
-FAULT_ENV = "LUSER_FAULT_INJECT"  # test hook, see FaultPlan
-FAULT_KINDS = ("nan", "inf-grad", "explode", "nan-weights", "kill-save", "kill-rotate")
-
-
 class TrainingFailed(LuserError):
     """Training diverged and the bounded rollbacks did not help (exit code 4)."""
 
@@ -84,44 +80,6 @@ class TrainingInterrupted(LuserError):
     exit_code = 75
 
 
-class FaultPlan:
-    """Faults to inject, for tests: ``LUSER_FAULT_INJECT="nan@3,nan@3,kill-save@5"``.
-
-    Each ``KIND@STEP`` entry fires once, when global step ``STEP`` (1-based, as in
-    ``metrics.jsonl``) is computed or saved; repeat an entry to make it fire again after a
-    rollback. Kinds: ``nan`` (the loss), ``inf-grad`` (a gradient), ``explode`` (the forward
-    fixed-point residual), ``nan-weights`` (the weights after the optimiser step), ``kill-save``
-    (SIGKILL the process while it saves the checkpoint of that step, after the temporary file is
-    written and before it is renamed into place), ``kill-rotate`` (the same, once
-    ``checkpoint_prev.pt`` has been replaced by the current ``checkpoint_last.pt``).
-    """
-
-    def __init__(self, spec: str | None) -> None:
-        self.pending: list[tuple[str, int]] = []
-        for entry in (spec or "").replace(" ", "").split(","):
-            if not entry:
-                continue
-            kind, _, at = entry.partition("@")
-            if kind not in FAULT_KINDS or not at.isdigit():
-                raise ConfigError(
-                    f"{FAULT_ENV}: bad entry {entry!r}; expected KIND@STEP with KIND one of "
-                    f"{', '.join(FAULT_KINDS)}"
-                )
-            self.pending.append((kind, int(at)))
-
-    def take(self, kind: str, step: int) -> bool:
-        """True (once per matching entry) if ``kind`` is planned at ``step``."""
-        if (kind, step) in self.pending:
-            self.pending.remove((kind, step))
-            return True
-        return False
-
-
-def _sigkill(_tmp: Path) -> None:
-    """The fault injector's kill: SIGKILL this process (no cleanup runs)."""
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,30 +88,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {name!r}; choose auto, cpu or cuda")
     return torch.device(name)
-
-
-def solver_summary(records: list[dict], tol: float | None = None) -> dict[str, float]:
-    """Mean forward/backward iterations and the worst residuals over stages and samples."""
-    out: dict[str, float] = {}
-    for key in ("forward", "backward"):
-        its = [r[f"{key}_iterations"].float() for r in records if f"{key}_iterations" in r]
-        res = [r[f"{key}_residual"].float() for r in records if f"{key}_residual" in r]
-        if its:
-            out[f"fp_{key}_iters"] = float(torch.stack([i.mean() for i in its]).mean())
-            out[f"fp_{key}_iters_total"] = float(sum(float(i.mean()) for i in its))
-        if res:
-            worst = float(torch.stack([r.max() for r in res]).max())
-            if any(bool(r[f"{key}_nonfinite"].any()) for r in records if f"{key}_nonfinite" in r):
-                worst = math.inf  # a sample's iterates stopped being finite: exploded
-            out[f"fp_{key}_residual_max"] = worst
-    if tol is not None:
-        res = [r["forward_residual"] for r in records if "forward_residual" in r]
-        if res:
-            out["fp_nonconverged"] = float(sum(int((r > tol).sum()) for r in res))
-    bwd_ok = step_backward_converged(records)
-    if bwd_ok is not None:
-        out[BWD_STEP_KEY] = bwd_ok  # fraction of this step's backward solves that converged
-    return out
 
 
 @dataclass
@@ -351,8 +285,8 @@ class Trainer:
                 self.out / ckpt.LAST,
                 state,
                 keep_previous=True,
-                before_commit=_sigkill if kill else None,
-                after_rotate=_sigkill if kill_rotate else None,
+                before_commit=sigkill if kill else None,
+                after_rotate=sigkill if kill_rotate else None,
             )
         self._saved_step = self.step
         self._remember_good()
