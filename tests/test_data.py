@@ -22,6 +22,7 @@ from fixtures.files import (
 from torch.utils.data import DataLoader
 
 from luser_cli.data.builtin import BuiltinDataset
+from luser_cli.data.builtin_images import CT_PHOTO_PEAK
 from luser_cli.data.datasets import (
     CelebADataset,
     FastMRIDataset,
@@ -30,7 +31,8 @@ from luser_cli.data.datasets import (
     unit_range,
 )
 from luser_cli.data.phantoms import ellipse_parameters, random_ellipses, rasterize_ellipses
-from luser_cli.data.photos import PHOTO_SPLITS, load_photo, photo_patch
+from luser_cli.data.photos import PHOTO_SPLITS, load_photo, photo_patch, random_patch
+from luser_cli.data.scans import load_slices, scan_patch
 from luser_cli.data.sources import detect_kind, open_dataset
 from luser_cli.data.splits import (
     SPLITS,
@@ -153,6 +155,42 @@ def test_builtin_items(task: str) -> None:
     assert not torch.equal(other_seed[0][0], sets["train"][0][0])
     with pytest.raises(IndexError):
         sets["val"][4]
+
+
+def test_scan_slices_load_offline_and_splits_differ() -> None:
+    per_split = {s: load_slices(s) for s in SPLITS}
+    for slices in per_split.values():
+        assert slices and all(x.ndim == 3 and x.shape[0] == 1 for x in slices)
+        assert all(x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1 for x in slices)
+    train = {x.tobytes() for x in per_split["train"]}
+    assert not train & {x.tobytes() for s in ("val", "test") for x in per_split[s]}
+    a, b = scan_patch("train", 48, 5), scan_patch("train", 48, 5)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (1, 48, 48) and float(a.mean()) > 0.05
+    assert not np.array_equal(a, scan_patch("train", 48, 6))
+
+
+def test_random_patch_zooms_in_below_one() -> None:
+    """min_zoom < 1 upsamples a small crop: the patch is smoother than a 1:1 crop."""
+    rng = np.random.default_rng(0)
+    noise = rng.random((1, 64, 64)).astype(np.float32)
+    crisp = random_patch(noise, 32, np.random.default_rng(1), max_zoom=1.0, augment=False)
+    smooth = random_patch(
+        noise, 32, np.random.default_rng(1), min_zoom=0.25, max_zoom=0.25, augment=False
+    )
+    assert smooth.shape == crisp.shape == (1, 32, 32)
+    assert np.abs(np.diff(smooth, axis=-1)).mean() < 0.5 * np.abs(np.diff(crisp, axis=-1)).mean()
+
+
+@pytest.mark.parametrize("kind", ["scans", "mix-scans"])
+def test_builtin_scan_kinds(kind: str) -> None:
+    mri = BuiltinDataset("mri4x", "train", size=6, image_size=40, seed=1, kind=kind)
+    ct = BuiltinDataset("ct", "val", size=3, image_size=40, seed=1, kind=kind)
+    for ds, channels in ((mri, 2), (ct, 1)):
+        for i in range(len(ds)):
+            _check_item(ds[i], channels, 40)
+    assert mri.item_name(0).startswith(f"builtin-{kind}-train")
+    assert float(ct[0][0].max()) <= CT_PHOTO_PEAK[1] + 1e-6
 
 
 def test_builtin_loader_batches() -> None:

@@ -17,7 +17,7 @@ Image sets (``--set``):
   the built-in data's test split, never trained on).
 - ``check``: the images used while developing (choosing sizes and recipes): scikit-image's
   ``camera`` (CT in LoDoPaB units, deblurring), pydicom's ``MR_small.dcm`` and nibabel's
-  ``example4d.nii.gz`` EPI / ``anatomical.nii`` slices (MRI).
+  ``anatomical.nii`` slices (MRI; ``example4d.nii.gz`` is training data of ``--builtin scans``).
 
 Usage::
 
@@ -155,8 +155,8 @@ def images(task: str, which: str) -> dict[str, np.ndarray]:
             out["s1045.ima"] = mpl_mri()
             return out
         out = {"MR_small.dcm": mr_dicom("MR_small.dcm")}
-        for k, s in zip((10, 14), nibabel_slices("example4d.nii.gz", [10, 14]), strict=True):
-            out[f"example4d z={k}"] = s
+        for k, s in zip((10, 14), nibabel_slices("anatomical.nii", [10, 14]), strict=True):
+            out[f"anatomical z={k}"] = s
         return out
     if which == "reserved":
         sample = Path(matplotlib.__file__).parent / "mpl-data/sample_data/grace_hopper.jpg"

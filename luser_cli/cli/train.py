@@ -30,7 +30,8 @@ def train(
     builtin: str | None = typer.Option(
         None,
         "--builtin",
-        help="Built-in images when no --data: auto, ellipses, photos or mix (half each).",
+        help="Built-in images when no --data: auto, ellipses, photos, mix (half each), scans "
+        "(real MR slices bundled with nibabel/pydicom) or mix-scans (a third each).",
     ),
     random_phase: bool | None = typer.Option(
         None,

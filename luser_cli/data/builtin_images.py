@@ -12,6 +12,11 @@ Kinds (``[data] builtin`` / ``--builtin``):
   attenuation in ``[CT_PHOTO_PEAK]`` (LoDoPaB units, soft tissue is about 0.25);
 - ``mix``: each item is a photo patch or an ellipse phantom with probability 1/2 each — natural
   textures so the prox does not learn only piecewise-constant images;
+- ``scans``: patches of real MR slices bundled with nibabel and pydicom
+  (:mod:`luser_cli.data.scans`, split by acquisition), zoomed in and out so that smooth,
+  upsampled anatomy is seen too; for CT scaled like the photos;
+- ``mix-scans``: a photo patch, an MR slice patch or an ellipse phantom with probability 1/3
+  each — real anatomy next to natural textures and piecewise-constant shapes;
 - ``auto``: photos for deblurring, ellipses otherwise (the paper's data for each task).
 
 ``random_phase`` (MRI only): half of the items are multiplied by a smooth random phase
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 
 from luser_cli.data.phantoms import random_ellipses
 from luser_cli.data.photos import photo_patch
+from luser_cli.data.scans import scan_patch
 from luser_cli.data.transforms import to_task_channels
 
 #: Peak attenuation of the built-in CT ellipse phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is
@@ -37,7 +43,7 @@ from luser_cli.data.transforms import to_task_channels
 CT_PHANTOM_MAX = 0.35
 #: Range of the peak attenuation of grey photo patches for CT (uniform).
 CT_PHOTO_PEAK = (0.25, 0.7)
-BUILTIN_KINDS = ("auto", "ellipses", "photos", "mix")
+BUILTIN_KINDS = ("auto", "ellipses", "photos", "mix", "scans", "mix-scans")
 #: Side of the random field that is upsampled into a smooth phase map.
 PHASE_GRID = 4
 
@@ -58,19 +64,23 @@ def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) ->
 
     ``kind`` is resolved with :func:`resolve_kind`. Photos are RGB in ``[0, 1]``, except for CT,
     where they are grey scaled to a random peak in :data:`CT_PHOTO_PEAK`; ellipse phantoms are
-    1 channel in ``[0, 1]``, scaled to :data:`CT_PHANTOM_MAX` for CT (1 channel). The ``auto``
-    kinds give bit-identical images to earlier luser versions.
+    1 channel in ``[0, 1]``, scaled to :data:`CT_PHANTOM_MAX` for CT (1 channel); MR slice
+    patches are 1 channel in ``[0, 1]``, scaled like the photos for CT. The ``auto``, ``photos``,
+    ``ellipses`` and ``mix`` kinds give bit-identical images to earlier luser versions.
     """
     kind = resolve_kind(kind, channels)
     if kind == "mix":
         kind = "photos" if np.random.default_rng([seed, 1]).random() < 0.5 else "ellipses"
-    if kind == "photos":
-        rgb = photo_patch(split, size, seed)
+    elif kind == "mix-scans":
+        kind = ("photos", "scans", "ellipses")[int(np.random.default_rng([seed, 1]).integers(0, 3))]
+    if kind in ("photos", "scans"):
+        patch = photo_patch if kind == "photos" else scan_patch
+        image = patch(split, size, seed)
         if channels != 1:
-            return rgb
+            return image
         lo, hi = CT_PHOTO_PEAK
         peak = np.float32(np.random.default_rng([seed, 2]).uniform(lo, hi))
-        return to_task_channels(rgb, "ct") * peak
+        return to_task_channels(image, "ct") * peak
     image = random_ellipses(size, seed)[None]
     return image * CT_PHANTOM_MAX if channels == 1 else image
 

@@ -92,16 +92,18 @@ def random_patch(
     rng: np.random.Generator,
     max_zoom: float = 2.0,
     augment: bool = True,
+    min_zoom: float = 1.0,
 ) -> np.ndarray:
     """One random square crop of ``photo`` ``(3, H, W)`` resized to ``(3, size, size)`` float32.
 
-    The crop side is ``size * s``, ``s`` log-uniform in ``[1, max_zoom]``, clipped to the photo's
-    shorter side (a photo smaller than ``size`` is upsampled). With ``augment``, the patch is
+    The crop side is ``size * s``, ``s`` log-uniform in ``[min_zoom, max_zoom]``, clipped to the
+    photo's shorter side (a crop smaller than ``size`` is upsampled). With ``augment``, the patch is
     flipped and rotated by one of the 8 symmetries of the square.
     """
     h, w = photo.shape[-2:]
-    zoom = float(np.exp(rng.uniform(0.0, np.log(max_zoom)))) if max_zoom > 1 else 1.0
-    side = int(min(round(size * zoom), h, w))
+    lo, hi = np.log(min_zoom), np.log(max_zoom)
+    zoom = float(np.exp(rng.uniform(lo, hi))) if hi > lo else float(max_zoom)
+    side = max(int(min(round(size * zoom), h, w)), 2)
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
     patch = _resize(photo[:, top : top + side, left : left + side], size)
@@ -118,7 +120,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     scikit-image's Gaussian-prefiltered resize, which matters when patches are made per step)."""
     if image.shape[-1] == size:
         return image
-    t = torch.from_numpy(np.ascontiguousarray(image))[None]
+    t = torch.from_numpy(np.array(image, dtype=np.float32))[None]
     out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[0].numpy()
 

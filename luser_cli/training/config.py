@@ -136,10 +136,12 @@ class DataSettings(_Section):
     val_size: int = Field(16, ge=1)
     test_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
-    builtin: Literal["auto", "ellipses", "photos", "mix"] = Field(
+    builtin: Literal["auto", "ellipses", "photos", "mix", "scans", "mix-scans"] = Field(
         "auto",
         description="built-in images: auto (photo patches for deblur, ellipse phantoms otherwise), "
-        "ellipses, photos (grey for CT and MRI), or mix (half photos, half ellipses)",
+        "ellipses, photos (grey for CT and MRI), mix (half photos, half ellipses), scans (real MR "
+        "slices bundled with nibabel and pydicom) or mix-scans (a third each of photos, MR slices "
+        "and ellipses)",
     )
     random_phase: bool = Field(
         False,
