@@ -79,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def _train_case(args: argparse.Namespace, torch) -> dict:
     from luser_cli.bench.memory import build_real_step
-    from luser_cli.memprobe.oracles import probe_preset
+    from luser_cli.memprobe.presets import probe_preset
     from luser_cli.training.step import clip_gradients, forward_backward
 
     preset = probe_preset(args.task, args.size, None, "shipped")
@@ -101,7 +101,7 @@ def _tv_case(args: argparse.Namespace) -> dict:
 
     from luser_cli.bench.memory import build_real_step
     from luser_cli.classical.methods import reconstruct_classical
-    from luser_cli.memprobe.oracles import probe_preset
+    from luser_cli.memprobe.presets import probe_preset
 
     preset = probe_preset(args.task, args.size, None, "shipped")
     _, _, b = build_real_step(preset, "luser-dw", 1)
@@ -162,7 +162,10 @@ def ab_worker(args: argparse.Namespace) -> None:
 
     def build(pkg: str, exact: bool = False):
         mem = importlib.import_module(f"{pkg}.bench.memory")
-        oracles = importlib.import_module(f"{pkg}.memprobe.oracles")
+        try:  # the preset helper's module since the memprobe split (issue 18)
+            oracles = importlib.import_module(f"{pkg}.memprobe.presets")
+        except ModuleNotFoundError:  # an older copy of the package
+            oracles = importlib.import_module(f"{pkg}.memprobe.oracles")
         config = importlib.import_module(f"{pkg}.training.config")
         step = importlib.import_module(f"{pkg}.training.step")
         preset = oracles.probe_preset(task, int(size), None, "shipped")

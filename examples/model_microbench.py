@@ -29,7 +29,7 @@ import torch
 
 from luser_cli.bench.machine import load_average, machine_info, now_iso
 from luser_cli.bench.memory import build_real_step
-from luser_cli.memprobe.oracles import RECIPES, probe_preset
+from luser_cli.memprobe.presets import RECIPES, probe_preset
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES, count_parameters, is_equilibrium_model
 from luser_cli.solvers.config import FP_GRAPHS

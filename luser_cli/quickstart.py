@@ -29,7 +29,7 @@ class QuickstartSettings:
     image_size: int = 64
     steps: int = 500
     batch_size: int = 4
-    lr: float | None = 3e-3  # the preset's when None
+    lr: float | None = None  # the preset's (with its per-model rates) when None
     #: 128, not the preset's 32: TV's per-image PSNR spreads by ~4 dB on the phantoms, so a
     #: 32-image mean of model - TV moved by ~0.5 dB between seeds (examples/quality-bars.md).
     eval_images: int = 128

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from luser_cli.devices import resolve_device
 from luser_cli.errors import CheckpointError, ConfigError, InputError
 from luser_cli.io.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 from luser_cli.io.validate import hdf5_errors, open_hdf5
@@ -292,19 +293,6 @@ def _lodopab_source(p: Path, task: str | None) -> Source:
 
 
 # -- the whole job --------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA GPU is available (use --device cpu)")
-        return torch.device(device)
-    raise ConfigError(f"unknown device {device!r}; choose auto, cpu or cuda")
-
-
 @dataclass
 class ReconResult:
     output: Path

@@ -9,7 +9,8 @@ import pytest
 from fixtures.cli import assert_clean_error, run_cli
 
 from luser_cli.bench.paper import paper_score
-from luser_cli.bench.runner import DEFAULTS, QUICK, training_stats
+from luser_cli.bench.settings import DEFAULTS, QUICK
+from luser_cli.bench.stats import training_stats
 
 MODELS = ["lu-dncnn", "deq4ip", "luser-dw"]
 

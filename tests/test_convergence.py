@@ -295,8 +295,7 @@ def test_eval_and_info_show_equilibria_and_training_convergence(deq_run: Path, t
 def test_warning_when_most_backward_solves_fail(tmp_path: Path):
     """The original DEQ4IP (batch statistics) with a 3-iteration backward budget."""
     preset = tmp_path / "p.toml"
-    text = (Path(__file__).parent.parent / "presets" / "ct-paper.toml").read_text()
-    preset.write_text(text.replace("[model]", '[model]\ndeq4ip_norm = "batch"', 1))
+    preset.write_text('extends = "ct-paper"\n[model]\ndeq4ip_norm = "batch"\n')
     out = tmp_path / "run"
     args = ["train", "--task", "ct", "--model", "deq4ip", "--preset", preset, "--out", out]
     code, _, err = run_cli([*args, "--image-size", "16", "--bwd-max-iter", "3", *TINY])

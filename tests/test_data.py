@@ -23,13 +23,10 @@ from torch.utils.data import DataLoader
 
 from luser_cli.data.builtin import BuiltinDataset
 from luser_cli.data.builtin_images import CT_PHOTO_PEAK
-from luser_cli.data.datasets import (
-    CelebADataset,
-    FastMRIDataset,
-    FolderDataset,
-    LoDoPaBDataset,
-    unit_range,
-)
+from luser_cli.data.celeba import CelebADataset
+from luser_cli.data.fastmri import FastMRIDataset
+from luser_cli.data.folder import FolderDataset, unit_range
+from luser_cli.data.lodopab import LoDoPaBDataset
 from luser_cli.data.phantoms import ellipse_parameters, random_ellipses, rasterize_ellipses
 from luser_cli.data.photos import PHOTO_SPLITS, load_photo, photo_patch, random_patch
 from luser_cli.data.scans import load_slices, scan_patch

@@ -19,13 +19,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from luser_cli.memprobe import oracles as oracles_mod
-from luser_cli.memprobe.oracles import GIB, Allowance, CudaOracle, SimOracle, probe_preset
+from luser_cli.memprobe import sim_oracle as sim_oracle_mod
+from luser_cli.memprobe.allowance import GIB, Allowance
+from luser_cli.memprobe.cuda_oracle import CudaOracle
+from luser_cli.memprobe.oracle import prime_optimizer
 from luser_cli.memprobe.paper import paper_max_batch, paper_rounding
+from luser_cli.memprobe.presets import probe_preset
 from luser_cli.memprobe.probe import ROW_KEYS, probe_model
+from luser_cli.memprobe.radon_stand_in import RadonStandIn
 from luser_cli.memprobe.search import max_batch
+from luser_cli.memprobe.sim_oracle import SimOracle
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES
+from luser_cli.operators.radon import CTGeometry, ParallelBeamRadon
 from luser_cli.training.batches import BatchMaker
 from luser_cli.training.config import apply_overrides
 from luser_cli.training.step import (
@@ -134,12 +140,12 @@ def _real_step_peak(
         preset,
         model_name,
         1.0 / maker.norm_sq(),
-        oracles_mod.sim_equilibrium(preset.solver, iterations),
+        sim_oracle_mod.sim_equilibrium(preset.solver, iterations),
     )
     model.train()
     opt = build_optimizer(model, preset.train)
-    oracles_mod._gpu_optimizer_defaults(opt)  # as the sim does: the GPU's foreach Adam
-    oracles_mod._prime_optimizer(model, opt)
+    sim_oracle_mod._gpu_optimizer_defaults(opt)  # as the sim does: the GPU's foreach Adam
+    prime_optimizer(model, opt)
     x = torch.rand(batch, maker.task.channels, size, size)
     data = maker.make(x, {"index": torch.arange(batch)}, epoch=0, seed=0)
     if hasattr(data.op, "backend"):
@@ -375,6 +381,40 @@ def test_cli_writes_json_rows_and_a_table(tmp_path: Path) -> None:
 def test_cli_bad_arguments_give_one_line_errors(args: list[str], expect: str) -> None:
     code, _, err = run_cli(["memprobe", *args, "--no-progress"])
     assert_clean_error(code, err, expect=expect)
+
+
+def test_radon_stand_in_is_the_real_operator_on_real_tensors_and_a_double_on_fake_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real tensors: the stand-in computes what ``ParallelBeamRadon`` computes (the shared
+    operator property suite in test_operators.py runs on it). Fake tensors: shapes only, a
+    transient scratch of :meth:`RadonStandIn.scratch` bytes, never the real application."""
+    geometry = CTGeometry.lodopab(16)
+    real, stand_in = ParallelBeamRadon(geometry), RadonStandIn.measured(geometry)
+    assert stand_in.chunk_bytes == real.chunk_bytes > 0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *real.image_shape, generator=g, dtype=torch.float64)
+    y = torch.randn(2, *real.measurement_shape(), generator=g, dtype=torch.float64)
+    assert torch.equal(stand_in.A(x), real.A(x))
+    assert torch.equal(stand_in.A_adjoint(y), real.A_adjoint(y))
+    assert stand_in.norm_sq() == real.norm_sq()
+    assert RadonStandIn(geometry, (0, 0), norm_sq=2.5).norm_sq() == 2.5
+
+    def no_real_application(*args: object) -> None:
+        raise AssertionError("the real operator ran on fake tensors")
+
+    monkeypatch.setattr(ParallelBeamRadon, "_project", no_real_application)
+    monkeypatch.setattr(ParallelBeamRadon, "_back_project", no_real_application)
+    with FakeTensorMode(), StorageTracker() as tracker:
+        op = RadonStandIn(geometry, stand_in.scratch_one)
+        fx = torch.empty(3, *op.image_shape, requires_grad=True)
+        before = tracker.live
+        fy = op.A(fx)
+        assert fy.shape == (3, *real.measurement_shape()) and fy.dtype == fx.dtype
+        assert tracker.peak - tracker.live == op.scratch(3, adjoint=False) // 4 * 4
+        assert tracker.live - before == fy.numel() * 4
+        op.A_adjoint(fy).sum().backward()
+        assert fx.grad is not None and fx.grad.shape == fx.shape
 
 
 def test_sim_runs_a_ct_preset_that_starts_from_the_fbp() -> None:

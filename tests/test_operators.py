@@ -1,7 +1,8 @@
-"""Operator tests: one shared property suite that every task operator passes, then
-operator-specific checks against independent references (NumPy FFT, SciPy convolution).
+"""Operator tests: one shared property suite that every task operator (and the memory probe's
+Radon stand-in) passes, then operator-specific checks against independent references (NumPy
+FFT, SciPy convolution).
 
-Note for ``-k`` filtering: only the CT cases carry "ct" in their test ids.
+Note for ``-k`` filtering: only the CT cases (the stand-in included) carry "ct" in their test ids.
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ from scipy import ndimage
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from luser_cli.errors import ConfigError, InputError
+from luser_cli.memprobe.radon_stand_in import RadonStandIn, measure_scratch
 from luser_cli.operators.base import LinearOperator, dot
 from luser_cli.operators.blur import GaussianBlur, gaussian_kernel
 from luser_cli.operators.masks import random_column_mask
 from luser_cli.operators.mri import MaskedFourier
+from luser_cli.operators.radon import CTGeometry
 from luser_cli.physics import build_operator
 
-# (task, image size, k-space size or None); odd sizes and MRI zero-padding included.
+#: The memory probe's CT operator (``luser memprobe --backend sim``): the task's Radon
+#: transform on real tensors, a shape-and-memory double on fake ones.
+STAND_IN = "ct-standin"
+# (task or STAND_IN, image size, k-space size or None); odd sizes and MRI zero-padding included.
 CASES = [
     ("deblur", 16, None),
     ("deblur", 21, None),
     ("ct", 16, None),
     ("ct", 21, None),
+    (STAND_IN, 16, None),
+    (STAND_IN, 21, None),
     ("mri4x", 16, None),
     ("mri4x", 21, None),
     ("mri4x", 16, (24, 22)),
@@ -35,7 +43,13 @@ CASES = [
     ("mri8x", 21, (32, 27)),
 ]
 IDS = [f"{t}-{s}" + (f"-k{k[0]}x{k[1]}" if k else "") for t, s, k in CASES]
-TINY = [("deblur", 8, None), ("ct", 8, None), ("mri4x", 8, None), ("mri8x", 8, (10, 11))]
+TINY = [
+    ("deblur", 8, None),
+    ("ct", 8, None),
+    (STAND_IN, 8, None),
+    ("mri4x", 8, None),
+    ("mri8x", 8, (10, 11)),
+]
 TINY_IDS = [f"{t}-{s}" + (f"-k{k[0]}x{k[1]}" if k else "") for t, s, k in TINY]
 DEVICES = [
     "cpu",
@@ -46,8 +60,22 @@ DEVICES = [
 
 
 @functools.cache
-def _built(task: str, size: int, kspace: tuple[int, int] | None) -> LinearOperator:
+def _stand_in_args(size: int) -> tuple[CTGeometry, tuple[int, int]]:
+    """Geometry and measured scratch of the stand-in (real tensors, outside any fake mode)."""
+    geometry = build_operator("ct", size).geometry  # type: ignore[attr-defined]
+    return geometry, measure_scratch(geometry)
+
+
+def build(task: str, size: int, kspace: tuple[int, int] | None) -> LinearOperator:
+    """The operator of a case (inside a fake mode too, as the memory probe builds it)."""
+    if task == STAND_IN:
+        return RadonStandIn(*_stand_in_args(size))
     return build_operator(task, size, kspace_size=kspace)
+
+
+@functools.cache
+def _built(task: str, size: int, kspace: tuple[int, int] | None) -> LinearOperator:
+    return build(task, size, kspace)
 
 
 def make_op(task: str, size: int, kspace: tuple[int, int] | None) -> LinearOperator:
@@ -164,8 +192,10 @@ def _fake_step(op: LinearOperator, batch: int) -> None:
 @pytest.mark.parametrize(("task", "size", "kspace"), CASES, ids=IDS)
 def test_fake_tensor_mode(task: str, size: int, kspace: tuple[int, int] | None) -> None:
     # built inside the mode (all buffers fake) ...
+    if task == STAND_IN:
+        _stand_in_args(size)  # measured on real tensors
     with FakeTensorMode():
-        op = build_operator(task, size, kspace_size=kspace)
+        op = build(task, size, kspace)
         _fake_step(op, 3)
     # ... and a real operator applied to fake inputs
     op = copy.deepcopy(_built(task, size, kspace))

@@ -4,14 +4,16 @@ loss and schedule). ``--preset`` takes a shipped preset's name as well as a file
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 from fixtures.cli import assert_clean_error, run_cli
 
-from luser_cli.bench.runner import BenchSettings
+from luser_cli.bench.settings import BenchSettings
 from luser_cli.errors import ConfigError
 from luser_cli.training.config import (
+    Preset,
     apply_overrides,
     builtin_presets,
     load_preset,
@@ -83,6 +85,40 @@ def test_bench_trains_the_papers_recipe() -> None:
 def test_unknown_preset_name_lists_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match=r"preset file not found: ct-fast .*ct-paper"):
         load_preset("ct-fast")
+
+
+def test_presets_state_only_what_differs_from_the_code_defaults() -> None:
+    """The paper's values are the code defaults; ct.toml extends ct-paper.toml."""
+    for name, path in builtin_presets().items():
+        stated = tomllib.loads(path.read_text(encoding="utf-8"))
+        if name == "ct":
+            assert stated["extends"] == "ct-paper"
+            assert {f"{t}.{k}" for t in ("model", "train") for k in stated[t]} | {
+                "train.model_lr.deq4ip"
+            } == CT_DEPARTURES | {"train.model_lr"}
+        else:
+            assert set(stated) == {"task", "image_size"}, name
+    assert load_preset("mri4x") == Preset(task="mri4x", image_size=320)
+
+
+def test_a_preset_extends_another_and_overrides_it(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text('task = "ct"\nimage_size = 64\n[train]\nlr = 0.002\n')
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[train]\nbatch_size = 2\n')
+    p = load_preset(child)
+    assert (p.task, p.image_size, p.train.lr, p.train.batch_size) == ("ct", 64, 2e-3, 2)
+    shipped = tmp_path / "ours.toml"
+    shipped.write_text('extends = "ct"\nimage_size = 32\n')
+    assert load_preset(shipped).model.data_step == "fbp"
+    (tmp_path / "base.toml").write_text('extends = "child.toml"\n')
+    with pytest.raises(ConfigError, match="in a circle"):
+        load_preset(child)
+    child.write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match="extends must name a preset"):
+        load_preset(child)
+    child.write_text('extends = "nowhere.toml"\n')
+    with pytest.raises(ConfigError, match="preset file not found: nowhere"):
+        load_preset(child)
 
 
 def test_presets_command_lists_and_prints_the_paper_recipe() -> None:

@@ -33,7 +33,8 @@ def test_quickstart_trains_evaluates_and_reconstructs(tmp_path: Path) -> None:
     # CT starts from the FBP, and the printed train command says so.
     preset = ckpt.load_checkpoint(out / "run" / ckpt.LAST)["preset"]
     assert preset["model"]["initial"] == "fbp" and preset["train"]["lr"] == 3e-3
-    assert preset["train"]["model_lr"] == {}  # its --lr replaces ct.toml's per-model rates
+    assert preset["train"]["model_lr"] == {"deq4ip": 1e-3}  # ct.toml's, as no --lr was given
+    assert "--lr" not in err
     assert preset["model"]["data_step"] == "fbp" and preset["train"]["loss"] == "psnr"
     # ct.toml's photon-count ray weights and wsd schedule come with the preset.
     assert preset["model"]["ray_weight_power"] == 0.5 and preset["train"]["scheduler"] == "wsd"
@@ -53,6 +54,13 @@ def test_quickstart_refuses_fbp_for_another_task(flag: str, expect: str, tmp_pat
     code, _, err = run_cli(args)
     assert_clean_error(code, err, expect=expect)
     assert not out.exists()
+
+
+def test_settings_take_the_presets_learning_rate() -> None:
+    """No quickstart default overrides a preset's rate (DEQ4IP diverged at CT's 3e-3)."""
+    run = Path("run")
+    assert QuickstartSettings().lr is None and "--lr" not in QuickstartSettings().train_args(run)
+    assert "--lr 0.002" in " ".join(QuickstartSettings(lr=2e-3).train_args(run))
 
 
 def test_settings_default_initial_estimate() -> None:

@@ -25,7 +25,7 @@ import torch
 from fixtures.cli import run_cli
 
 from luser_cli.training import checkpoint as ckpt
-from luser_cli.training.loop import Trainer
+from luser_cli.training.metrics_file import MetricsLog
 
 PRESET = """
 task = "mri4x"
@@ -261,14 +261,14 @@ def test_sigint_saves_stops_cleanly_and_resumes_exactly(
     reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C (in this process: the loop's handler is live while it trains) at step 3."""
-    write = Trainer._write_metrics
+    write = MetricsLog.append
 
-    def write_then_interrupt(self: Trainer, row: dict) -> None:
+    def write_then_interrupt(self: MetricsLog, row: dict) -> None:
         write(self, row)
         if row.get("step") == 3 and "loss" in row:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(Trainer, "_write_metrics", write_then_interrupt)
+    monkeypatch.setattr(MetricsLog, "append", write_then_interrupt)
     run = tmp_path / "run"
     code, out, err = train_in_process(run, "--preset", write_preset(tmp_path))
     assert code == 75, err

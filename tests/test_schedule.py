@@ -11,7 +11,7 @@ from luser_cli.training.schedule import learning_rate
 
 
 def lrs(total: int = 10, **kw) -> list[float]:
-    t = TrainSettings(lr=1e-3, **kw)
+    t = TrainSettings(lr=1e-3, **{"warmup_steps": 0, **kw})
     return [learning_rate(t, s, total) for s in range(total)]
 
 
@@ -33,7 +33,9 @@ def test_wsd_holds_the_full_rate_then_decays_linearly_to_zero() -> None:
     # Warm-up and decay multiply; a one-step run just takes the (warmed-up) rate.
     warm = lrs(scheduler="wsd", warmup_steps=2, decay_fraction=0.5)
     assert warm[0] == pytest.approx(5e-4) and warm[-1] == pytest.approx(2e-4)
-    assert learning_rate(TrainSettings(lr=1e-3, scheduler="wsd"), 0, 1) == pytest.approx(1e-3)
+    assert learning_rate(
+        TrainSettings(lr=1e-3, scheduler="wsd", warmup_steps=0), 0, 1
+    ) == pytest.approx(1e-3)
 
 
 def test_decay_fraction_must_be_in_0_1() -> None:

@@ -19,8 +19,9 @@ from fixtures.cli import run_cli
 
 from luser_cli.errors import CheckpointError, ConfigError
 from luser_cli.training import checkpoint as ckpt
-from luser_cli.training.loop import FaultPlan, TrainingFailed
+from luser_cli.training.faults import FaultPlan
 from luser_cli.training.progress import TrainingProgress
+from luser_cli.training.recovery import TrainingFailed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,7 +2,8 @@
 
 Timings are only comparable on the same machine under the same load, so the JSON of every bench
 run records these next to the numbers (load average at the start and at the end: another
-process running meanwhile makes every time per step larger).
+process running meanwhile makes every time per step larger). ``luser memprobe`` records the
+same :func:`machine_info`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,32 @@ def load_average() -> list[float] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch version and threads, Python, platform, GPU (if any), load."""
-    from luser_cli.memprobe.probe import machine_info as base
+    """CPU model, cores, torch threads, Python / torch versions, platform, GPU (if any) and the
+    1/5/15-minute ``load_average`` (None where the OS has none), in that order. The one
+    machine description of ``luser bench`` and ``luser memprobe``."""
+    import platform
 
-    info = base()
-    info.pop("load_average", None)
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
     info["load_average"] = load_average()
     return info
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from luser_cli.memprobe.oracles import _prime_optimizer
+from luser_cli.memprobe.oracle import prime_optimizer
 from luser_cli.memprobe.paper import paper_task
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import count_parameters
@@ -63,7 +63,7 @@ def build_real_step(preset: Preset, model_name: str, batch: int) -> tuple[Any, A
     model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
     model.train()
     optimizer = build_optimizer(model, preset.train)
-    _prime_optimizer(model, optimizer)  # Adam's state exists from the first real step on
+    prime_optimizer(model, optimizer)  # Adam's state exists from the first real step on
     data = open_dataset(
         preset.task, "train", preset.image_size, None, preset.train.seed, size=batch
     )
@@ -152,9 +152,10 @@ def sim_batch_24gb(
     """Largest training batch on a 24 GB GPU at the paper's (preset's) image size, from the
     memprobe ``sim`` oracle; ``None`` when ``mode == "off"``. ``parameters``: the model's count
     at the bench size (independent of the image size), to check a reused row is current."""
-    from luser_cli.memprobe.oracles import GIB, SimOracle
+    from luser_cli.memprobe.allowance import GIB
     from luser_cli.memprobe.paper import paper_rounding
     from luser_cli.memprobe.search import max_batch
+    from luser_cli.memprobe.sim_oracle import SimOracle
     from luser_cli.tasks import get_task
 
     if mode == "off":

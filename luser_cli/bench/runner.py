@@ -1,12 +1,13 @@
 """Run the paper comparison: every task x model x loss cell trained and evaluated alike.
 
-Each cell is one ``luser train`` run (:class:`~luser_cli.training.loop.Trainer`, the same code
-path as the command) with the task's paper-recipe preset (``ct-paper`` for CT, the task's own
-preset elsewhere) and the bench's image size, steps, batch size and seed, followed by
-``luser eval`` (:func:`~luser_cli.evaluation.runner.evaluate`) on the same held-out built-in
-test images for every model, and a measurement of the training memory
-(:mod:`luser_cli.bench.memory`). Only the bench's own settings are overridden; learning rates,
-solvers and everything else come from the presets, identical for every model of a task.
+Each cell of :class:`~luser_cli.bench.settings.BenchSettings` is one ``luser train`` run
+(:class:`~luser_cli.training.loop.Trainer`, the same code path as the command) with the task's
+paper-recipe preset (``ct-paper`` for CT, the task's own preset elsewhere) and the bench's
+image size, steps, batch size and seed, followed by ``luser eval``
+(:func:`~luser_cli.evaluation.runner.evaluate`) on the same held-out built-in test images for
+every model, and a measurement of the training memory (:mod:`luser_cli.bench.memory`). Only the
+bench's own settings are overridden; learning rates, solvers and everything else come from the
+presets, identical for every model of a task.
 
 Cells write their run folder ``<out>/<task>-<model>-<loss>`` (checkpoints, ``metrics.jsonl``)
 and, once done, ``bench_cell.json``. A rerun with the same settings reuses finished cells and
@@ -18,218 +19,35 @@ goes on with the next one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from luser_cli.bench.paper import LOSSES
+from luser_cli.bench.settings import BenchSettings
+from luser_cli.bench.stats import finite, training_stats
 from luser_cli.errors import ConfigError, LuserError
 from luser_cli.io.atomic import atomic_write
-from luser_cli.models.registry import MODEL_NAMES, check_model_name
-from luser_cli.tasks import TASK_NAMES, get_task
-from luser_cli.training.config import (
-    Preset,
-    apply_overrides,
-    paper_preset_for_task,
-    paper_preset_name,
-)
-from luser_cli.training.convergence import WARN_BELOW, backward_convergence, read_metrics
+from luser_cli.training.config import Preset
+from luser_cli.training.convergence import WARN_BELOW
 
 __all__ = [
     "CELL_FILE",
-    "DEFAULTS",
-    "QUICK",
-    "BenchSettings",
-    "cell_name",
+    "BenchRun",
+    "classical_summary",
     "run_bench",
     "run_cell",
 ]
 
 CELL_FILE = "bench_cell.json"
 SCHEMA = "luser-bench/1"
-#: Models without stages have no auxiliary loss (paper Table 2 has no DEQ4IP aux column).
-NO_AUX_MODELS = frozenset({"deq4ip"})
-#: Built-in validation images per cell (one validation, after the last step).
-VAL_SIZE = 8
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """What to run; the defaults are the documented full run (see ``luser bench --help``)."""
-
-    tasks: tuple[str, ...] = TASK_NAMES
-    models: tuple[str, ...] = MODEL_NAMES
-    losses: tuple[str, ...] = ("final",)
-    steps: int = 100
-    image_size: int = 32
-    batch_size: int = 4
-    eval_images: int = 16
-    seed: int = 0
-    out: Path = Path("runs/bench")
-    device: str = "cpu"
-    memprobe: str = "reuse"
-    memprobe_results: Path | None = None
-    quick: bool = False
-
-    def check(self) -> BenchSettings:
-        """One-line errors for bad values; returns self."""
-        from luser_cli.bench.memory import MEMPROBE_MODES
-
-        if not self.tasks:
-            raise ConfigError("give at least one --task")
-        if not self.models:
-            raise ConfigError("give at least one --model")
-        for t in self.tasks:
-            get_task(t)
-        for m in self.models:
-            check_model_name(m)
-        if not self.losses:
-            raise ConfigError("give at least one loss")
-        for loss in self.losses:
-            if loss not in LOSSES:
-                raise ConfigError(f"unknown loss {loss!r}; choose final, aux or both")
-        for name, value, low in (
-            ("--steps", self.steps, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--eval-images", self.eval_images, 1),
-            ("--image-size", self.image_size, 8),
-        ):
-            if value < low:
-                raise ConfigError(f"{name} must be at least {low}, got {value}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
-        if self.memprobe not in MEMPROBE_MODES:
-            raise ConfigError(
-                f"unknown --memprobe {self.memprobe!r}; choose one of: {', '.join(MEMPROBE_MODES)}"
-            )
-        return self
-
-    def cells(self) -> list[tuple[str, str, str]]:
-        """``(task, model, loss)`` in run order (DEQ4IP has no auxiliary-loss cell)."""
-        return [
-            (t, m, loss)
-            for t in self.tasks
-            for loss in self.losses
-            for m in self.models
-            if not (loss == "aux" and m in NO_AUX_MODELS)
-        ]
-
-    def preset(self, task: str, loss: str) -> Preset:
-        """The task's paper-recipe preset (``ct-paper`` for CT) with the bench's settings (the
-        only overrides)."""
-        return apply_overrides(
-            paper_preset_for_task(task),
-            {
-                "image_size": self.image_size,
-                "train.steps": self.steps,
-                "train.batch_size": self.batch_size,
-                "train.seed": self.seed,
-                "train.aux_loss": loss == "aux",
-                "data.val_size": VAL_SIZE,
-            },
-        )
-
-    def cell_dir(self, task: str, model: str, loss: str) -> Path:
-        return self.out / cell_name(task, model, loss)
-
-    def train_command(self, task: str, model: str, loss: str) -> str:
-        """The ``luser train`` command that trains the same model into the same folder."""
-        return (
-            f"luser train --task {task} --preset {paper_preset_name(task)} --model {model} "
-            f"--image-size {self.image_size} "
-            f"--steps {self.steps} --batch-size {self.batch_size} --seed {self.seed} "
-            f"--{'aux' if loss == 'aux' else 'final'}-loss --val-size {VAL_SIZE} "
-            f"--out {self.cell_dir(task, model, loss)}"
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("out", "memprobe_results"):
-            d[k] = None if d[k] is None else str(d[k])
-        for k in ("tasks", "models", "losses"):
-            d[k] = list(d[k])
-        d["val_size"] = VAL_SIZE
-        d["learning_rates"] = {t: paper_preset_for_task(t).train.lr for t in self.tasks}
-        return d
-
-
-#: The documented full run and the ``--quick`` smoke run.
-DEFAULTS = BenchSettings()
-QUICK = BenchSettings(
-    tasks=("ct", "mri4x"),
-    models=("lu-dncnn", "deq4ip", "luser-dw"),
-    steps=8,
-    image_size=24,
-    batch_size=4,
-    eval_images=4,
-    out=Path("runs/bench-quick"),
-    quick=True,
-)
-
-
-def cell_name(task: str, model: str, loss: str) -> str:
-    return f"{task}-{model}-{loss}"
 
 
 # -- one cell -----------------------------------------------------------------------------------
-def _finite(v: Any) -> float | None:
-    """JSON-safe float (None for NaN / inf / missing)."""
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(vals)) if vals else None
-
-
-def training_stats(metrics_path: Path) -> dict[str, Any]:
-    """Per-step facts from a run's ``metrics.jsonl``: time per step (the first step, which
-    pays for allocations and lazy initialisation, excluded), solver iterations, operator
-    calls, losses, rollback events."""
-    rows = read_metrics(metrics_path)
-    steps = [r for r in rows if "time_s" in r and "event" not in r]
-    timed = [r["time_s"] for r in steps if r.get("step", 0) > 1] or [r["time_s"] for r in steps]
-    tail = steps[-max(1, len(steps) // 10) :] if steps else []
-    val = [r for r in rows if r.get("split") == "val"]
-    out: dict[str, Any] = {
-        "steps_logged": len(steps),
-        "time_per_step_s": _mean(timed),
-        "time_per_step_std_s": float(np.std(timed)) if timed else None,
-        "time_first_step_s": steps[0]["time_s"] if steps else None,
-        "loss_first": _finite(steps[0]["loss"]) if steps else None,
-        "loss_last10pct": _mean([r["loss"] for r in tail]),
-        "train_psnr_last10pct": _mean([r["psnr"] for r in tail]),
-        "A_calls_per_step": _mean([r.get("A_calls") for r in steps]),
-        "At_calls_per_step": _mean([r.get("At_calls") for r in steps]),
-        "rollback_events": sum(1 for r in rows if r.get("event") == "rollback"),
-        "val_psnr": _finite(val[-1]["val_psnr"]) if val else None,
-        "val_ssim": _finite(val[-1]["val_ssim"]) if val else None,
-    }
-    for key in ("fp_forward_iters", "fp_backward_iters"):
-        if any(key in r for r in steps):
-            out[f"{key}_mean"] = _mean([r.get(key) for r in steps])
-            out[f"{key}_last10pct"] = _mean([r.get(key) for r in tail])
-    if any("fp_forward_residual_max" in r for r in steps):
-        out["fp_forward_residual_max"] = _finite(
-            max(r.get("fp_forward_residual_max", 0.0) for r in steps)
-        )
-    bwd = backward_convergence(steps)
-    if bwd is not None:  # share of steps whose implicit backward solves all converged
-        out["bwd_converged_step_fraction"] = bwd["converged_step_fraction"]
-        out["bwd_converged_solve_fraction"] = bwd["converged_solve_fraction"]
-    return out
-
-
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if isinstance(e, LuserError) else f"internal error: {type(e).__name__}: {text}"
@@ -262,9 +80,9 @@ def _train(
 
 def _evaluate(settings: BenchSettings, run_dir: Path) -> dict[str, Any]:
     """``luser eval`` of the trained run on the bench's held-out built-in test images."""
+    from luser_cli.devices import resolve_device
     from luser_cli.evaluation.runner import Examples, evaluate
     from luser_cli.runs import load_trained
-    from luser_cli.training.loop import resolve_device
 
     device = resolve_device(settings.device)
     trained = load_trained(run_dir, device)
@@ -285,24 +103,24 @@ def _evaluate(settings: BenchSettings, run_dir: Path) -> dict[str, Any]:
     return {
         "n_images": result["n_images"],
         "checkpoint": result["checkpoint"],
-        "psnr": _finite(model["psnr"]),
-        "psnr_std": _finite(model["psnr_std"]),
-        "ssim": _finite(model["ssim"]),
-        "ssim_std": _finite(model["ssim_std"]),
-        "seconds_per_image": _finite(model["seconds_per_image"]),
-        "fp_forward_iterations_per_image": _finite(model.get("fp_forward_iterations_per_image")),
-        "operator_applications_per_image": _finite(model["operator_applications_per_image"]),
-        "psnr_per_image": [_finite(row.get("model")) for row in examples.psnr],
+        "psnr": finite(model["psnr"]),
+        "psnr_std": finite(model["psnr_std"]),
+        "ssim": finite(model["ssim"]),
+        "ssim_std": finite(model["ssim_std"]),
+        "seconds_per_image": finite(model["seconds_per_image"]),
+        "fp_forward_iterations_per_image": finite(model.get("fp_forward_iterations_per_image")),
+        "operator_applications_per_image": finite(model["operator_applications_per_image"]),
+        "psnr_per_image": [finite(row.get("model")) for row in examples.psnr],
         "best_classical": best,
         "classical": {
-            name: {k: _finite(v) for k, v in m.items()}
+            name: {k: finite(v) for k, v in m.items()}
             for name, m in metrics.items()
             if name != "model"
         },
         "classical_psnr_per_image": (
-            [_finite(row.get(best)) for row in examples.psnr] if best else []
+            [finite(row.get(best)) for row in examples.psnr] if best else []
         ),
-        "model_minus_best_classical_db": _finite(result["model_minus_best_classical_db"]),
+        "model_minus_best_classical_db": finite(result["model_minus_best_classical_db"]),
         "eval_seconds": round(seconds, 2),
     }
 
@@ -355,7 +173,7 @@ def run_cell(
     then has ``status: "failed"`` and a one-line ``reason``), except an interruption by
     SIGINT/SIGTERM, which stops the bench (rerun to resume)."""
     from luser_cli.bench.memory import measure_training_memory, sim_batch_24gb
-    from luser_cli.training.loop import TrainingInterrupted
+    from luser_cli.training.recovery import TrainingInterrupted
 
     run_dir = settings.cell_dir(task, model, loss)
     preset = settings.preset(task, loss)
@@ -387,7 +205,7 @@ def run_cell(
             "seconds": round(summary["seconds"], 2),
             "rollbacks": summary["rollbacks"],
             "fp_nonconverged": summary["fp_nonconverged"],
-            "best_val_psnr": _finite(summary["best_val_psnr"]),
+            "best_val_psnr": finite(summary["best_val_psnr"]),
             **training_stats(run_dir / "metrics.jsonl"),
         }
         cell["eval"] = _evaluate(settings, run_dir)
@@ -557,11 +375,3 @@ def _bwd_text(train: dict[str, Any]) -> str:
         return ""
     text = f"; backward solve converged on {share:.0%} of steps"
     return text + " (WARNING: mostly approximate gradients)" if share < WARN_BELOW else text
-
-
-def replace_settings(settings: BenchSettings, **changes: Any) -> BenchSettings:
-    """``dataclasses.replace`` with the tuple fields accepting any sequence."""
-    for k in ("tasks", "models", "losses"):
-        if k in changes and changes[k] is not None:
-            changes[k] = tuple(dict.fromkeys(changes[k]))
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

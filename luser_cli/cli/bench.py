@@ -71,7 +71,8 @@ def bench(
 
     from luser_cli.bench.machine import command_line
     from luser_cli.bench.report import markdown_report, plot_report
-    from luser_cli.bench.runner import DEFAULTS, QUICK, BenchRun, replace_settings, run_bench
+    from luser_cli.bench.runner import BenchRun, run_bench
+    from luser_cli.bench.settings import DEFAULTS, QUICK, replace_settings
     from luser_cli.io.atomic import atomic_write, check_writable
 
     set_threads(threads)

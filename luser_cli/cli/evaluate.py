@@ -56,6 +56,7 @@ def evaluate(
     from rich.table import Table
 
     from luser_cli.classical.methods import check_method
+    from luser_cli.devices import resolve_device
     from luser_cli.errors import ConfigError
     from luser_cli.evaluation.figures import comparison_figure
     from luser_cli.evaluation.runner import Examples
@@ -65,7 +66,6 @@ def evaluate(
     from luser_cli.runs import load_trained
     from luser_cli.shipped import BUILTIN, LATEST, resolve_model
     from luser_cli.tasks import get_task
-    from luser_cli.training.loop import resolve_device
 
     set_threads(threads)
     if checkpoint not in ("best", "last"):

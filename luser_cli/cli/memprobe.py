@@ -107,19 +107,19 @@ def memprobe(
     """
     from rich.console import Console
 
+    from luser_cli.bench.machine import machine_info
     from luser_cli.errors import ConfigError
-    from luser_cli.memprobe.oracles import Allowance
+    from luser_cli.memprobe.allowance import Allowance
     from luser_cli.memprobe.probe import (
         DEFAULT_CAPACITIES_GB,
         DEFAULT_TASKS,
         Timer,
         check_request,
         default_jobs,
-        machine_info,
         resolve_backend,
-        rich_table,
         run_probe,
     )
+    from luser_cli.memprobe.table import rich_table
     from luser_cli.models.registry import MODEL_NAMES
     from luser_cli.solvers.config import FP_GRAPHS, EquilibriumConfig
 
@@ -222,7 +222,7 @@ def _command_line() -> str:
 def _markdown_document(
     meta: dict[str, Any], rows: list[dict[str, Any]], paper: bool, rounding: bool
 ) -> str:
-    from luser_cli.memprobe.probe import markdown_table
+    from luser_cli.memprobe.table import markdown_table
 
     m = meta["machine"]
     lines = [

@@ -9,7 +9,11 @@ from luser_cli.cli.app import app
 
 @app.command()
 def presets(
-    show: str | None = typer.Argument(None, help="Print this preset's TOML (ct, ct-paper, ...)."),
+    show: str | None = typer.Argument(
+        None,
+        help="Print this preset's TOML (ct, ct-paper, ...): every setting, with what the file "
+        "itself states (the rest are code defaults or come from the preset it extends).",
+    ),
 ) -> None:
     """List the shipped presets (one per task, plus the paper's recipe where a task's preset
     departs from it), or print one."""
@@ -18,7 +22,12 @@ def presets(
 
     from luser_cli.errors import ConfigError
     from luser_cli.physics import resolve_initial
-    from luser_cli.training.config import PAPER_SUFFIX, builtin_presets, load_preset
+    from luser_cli.training.config import (
+        PAPER_SUFFIX,
+        builtin_presets,
+        load_preset,
+        preset_to_toml,
+    )
 
     x0_text = {"measurement": "y", "adjoint": "A^T y", "fbp": "fbp"}
 
@@ -26,7 +35,11 @@ def presets(
     if show is not None:
         if show not in found:
             raise ConfigError(f"no preset {show!r}; built-in presets: {', '.join(found)}")
-        typer.echo(found[show].read_text(encoding="utf-8"), nl=False)
+        stated = found[show].read_text(encoding="utf-8")
+        typer.echo(f"# {found[show]}:\n" + "".join(f"#   {line}\n" for line in stated.splitlines()))
+        typer.echo(
+            f"# every setting of preset {show}:\n{preset_to_toml(load_preset(show))}", nl=False
+        )
         return
     table = Table(title="built-in presets")
     for col in ("preset", "task", "image", "physics", "recipe", "train", "file"):

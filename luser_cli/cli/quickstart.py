@@ -18,7 +18,9 @@ def quickstart(
     image_size: int = typer.Option(64, "--image-size", help="Image side in pixels."),
     steps: int = typer.Option(500, "--steps", help="Training steps."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Batch size."),
-    lr: float = typer.Option(3e-3, "--lr", help="Learning rate."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Learning rate (default: the task preset's, per model)."
+    ),
     initial: str | None = typer.Option(
         None, "--initial", help="Initial estimate (default: the task preset's: fbp for CT)."
     ),

@@ -155,7 +155,8 @@ def train(
         preset_from_dict,
     )
     from luser_cli.training.distributed import DistContext
-    from luser_cli.training.loop import Trainer, TrainingInterrupted
+    from luser_cli.training.loop import Trainer
+    from luser_cli.training.recovery import TrainingInterrupted
 
     get_task(task)
     check_model_name(model)

@@ -2,8 +2,10 @@
 
 - :func:`open_dataset` (``sources.py``): ``--data PATH`` -> the right data set for a task;
 - ``builtin.py``: :class:`BuiltinDataset`;
-- ``datasets.py``: :class:`CelebADataset`, :class:`LoDoPaBDataset`,
-  :class:`FastMRIDataset`, :class:`FolderDataset` (items ``(image (C, H, W), meta)``);
+- ``base.py``: :class:`TaskImageDataset` (items ``(image (C, H, W), meta)``),
+  :class:`FileSliceDataset`; one module per real data set: ``celeba.py``
+  (:class:`CelebADataset`), ``lodopab.py`` (:class:`LoDoPaBDataset`), ``fastmri.py``
+  (:class:`FastMRIDataset`), ``folder.py`` (:class:`FolderDataset`: images / NIfTI / ``.npy``);
 - ``phantoms.py``: :func:`random_ellipses`; ``photos.py``: scikit-image photo patches;
 - ``splits.py``: seeded, disjoint train/val/test splits; ``transforms.py``: task layout helpers.
 
@@ -20,11 +22,11 @@ _EXPORTS = {
     "detect_kind": "sources",
     "BUILTIN_SIZES": "sources",
     "BuiltinDataset": "builtin",
-    "CelebADataset": "datasets",
-    "LoDoPaBDataset": "datasets",
-    "FastMRIDataset": "datasets",
-    "FolderDataset": "datasets",
-    "TaskImageDataset": "datasets",
+    "CelebADataset": "celeba",
+    "LoDoPaBDataset": "lodopab",
+    "FastMRIDataset": "fastmri",
+    "FolderDataset": "folder",
+    "TaskImageDataset": "base",
     "random_ellipses": "phantoms",
     "photo_patch": "photos",
     "item_seed": "splits",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from luser_cli.data.base import Item, TaskImageDataset
 from luser_cli.data.builtin_images import builtin_image, resolve_kind, with_random_phase
-from luser_cli.data.datasets import Item, TaskImageDataset
 from luser_cli.data.splits import item_seed
 from luser_cli.errors import ConfigError
 from luser_cli.tasks import get_task, is_mri

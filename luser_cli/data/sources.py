@@ -22,17 +22,12 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from luser_cli.data.base import FileSliceDataset
 from luser_cli.data.builtin import BuiltinDataset
-from luser_cli.data.datasets import (
-    FASTMRI_FOLDERS,
-    CelebADataset,
-    FastMRIDataset,
-    FileSliceDataset,
-    FolderDataset,
-    LoDoPaBDataset,
-    celeba_image_folder,
-    folder_files,
-)
+from luser_cli.data.celeba import CelebADataset, celeba_image_folder
+from luser_cli.data.fastmri import FASTMRI_FOLDERS, FastMRIDataset
+from luser_cli.data.folder import FolderDataset, folder_files
+from luser_cli.data.lodopab import LoDoPaBDataset
 from luser_cli.data.splits import normalize_split
 from luser_cli.errors import ConfigError, InputError
 from luser_cli.tasks import get_task

@@ -6,7 +6,8 @@
   a 7x7 window. An image that is not part of a volume is its own volume.
 
 All functions take NumPy float arrays ``(C, H, W)`` for one image (magnitudes ``(1, H, W)`` for
-MRI) and return floats.
+MRI) and return floats, except :func:`batch_psnr`, the training progress bar's quick mean over a
+batch of tensors with the same convention (each image its own volume).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from luser_cli.physics import output_image
 from luser_cli.tasks import get_task
 
 
@@ -61,7 +64,7 @@ def ssim(task: str, target: np.ndarray, pred: np.ndarray, volume_max: float | No
 def mri_volume_max(dataset: object) -> float | None:
     """fastMRI items are divided by their volume's max, so that volume max is 1; other items are
     their own volume (``None``: the image max)."""
-    from luser_cli.data.datasets import FastMRIDataset
+    from luser_cli.data.fastmri import FastMRIDataset
 
     return 1.0 if isinstance(dataset, FastMRIDataset) else None
 
@@ -72,3 +75,20 @@ def summarize(values: list[float]) -> dict[str, float]:
     if a.size == 0:
         return {"mean": math.nan, "std": math.nan, "n": 0}
     return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def batch_psnr(task: str, target: torch.Tensor, pred: torch.Tensor) -> float:
+    """Mean PSNR (dB) of a batch ``(B, C, H, W)`` in the model's channels, with
+    :func:`data_range`'s convention and each image its own volume (computed in torch: it runs
+    every training step)."""
+    t = output_image(task, target.detach()).flatten(1).double()
+    p = output_image(task, pred.detach()).flatten(1).double()
+    mse = torch.mean((t - p) ** 2, dim=1).clamp_min(1e-20)
+    channels = get_task(task).channels
+    if channels == 3:
+        rng = torch.ones_like(mse)
+    elif channels == 2:
+        rng = t.amax(1)
+    else:
+        rng = t.amax(1) - t.amin(1)
+    return float(torch.mean(10 * torch.log10(rng.clamp_min(1e-12) ** 2 / mse)))

@@ -5,16 +5,15 @@ order, each search starting from the oracle's prediction (an affine fit of the p
 so far), and the ``sim`` oracle caches one simulated peak per batch size, so a capacity usually
 costs two new simulations (the boundary ``b`` and ``b + 1``).
 
-Rows are plain dicts ready for JSON (keys in :data:`ROW_KEYS` first); :func:`rich_table` and
-:func:`markdown_table` lay them out like paper Table 3, with the paper's numbers beside ours.
+Rows are plain dicts ready for JSON (keys in :data:`ROW_KEYS` first);
+:mod:`luser_cli.memprobe.table` lays them out like paper Table 3, with the paper's numbers
+beside ours.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,21 +22,17 @@ from typing import Any
 import torch
 
 from luser_cli.errors import ConfigError
-from luser_cli.memprobe.oracles import (
-    GIB,
-    Allowance,
-    CudaOracle,
-    Oracle,
-    SimOracle,
-    check_recipe,
-    probe_preset,
-)
+from luser_cli.memprobe.allowance import GIB, Allowance
+from luser_cli.memprobe.cuda_oracle import CudaOracle
+from luser_cli.memprobe.oracle import Oracle
 from luser_cli.memprobe.paper import (
     paper_max_batch,
     paper_parameters,
     paper_rounding,
 )
+from luser_cli.memprobe.presets import check_recipe, probe_preset
 from luser_cli.memprobe.search import DEFAULT_CAP, max_batch
+from luser_cli.memprobe.sim_oracle import SimOracle, prepare
 from luser_cli.models.registry import MODEL_NAMES, check_model_name, is_equilibrium_model
 from luser_cli.tasks import get_task
 from luser_cli.training.config import paper_preset_name
@@ -48,13 +43,12 @@ __all__ = [
     "DEFAULT_TASKS",
     "ROW_KEYS",
     "Reporter",
+    "Timer",
+    "check_request",
     "default_jobs",
-    "machine_info",
     "make_oracle",
-    "markdown_table",
     "probe_model",
     "resolve_backend",
-    "rich_table",
     "run_probe",
 ]
 
@@ -63,14 +57,6 @@ DEFAULT_CAPACITIES_GB: tuple[float, ...] = (8.0, 10.0, 24.0)
 BACKENDS: tuple[str, ...] = ("auto", "sim", "cuda")
 #: The documented keys every row has (more follow).
 ROW_KEYS: tuple[str, ...] = ("task", "model", "gpu_gb", "max_batch", "peak_gb_at_max", "backend")
-
-DISPLAY_NAMES = {
-    "lu-dncnn": "LU-DnCNN",
-    "deq4ip": "DEQ4IP",
-    "luser-sw": "LUSER-SW",
-    "luser-dw": "LUSER-DW",
-}
-DASH = "–"
 
 
 class Reporter:
@@ -107,7 +93,7 @@ def make_oracle(
 ) -> Oracle:
     """The oracle of ``backend`` (``sim`` or ``cuda``) for one task and model; ``graph``
     overrides the preset's ``solver.graph`` (equilibrium models); ``recipe`` picks the task's
-    shipped preset or the paper's (:data:`~luser_cli.memprobe.oracles.RECIPES`)."""
+    shipped preset or the paper's (:data:`~luser_cli.memprobe.presets.RECIPES`)."""
     preset = probe_preset(task, image_size, graph, recipe)
     if backend == "sim":
         kwargs = {} if iterations is None else {"iterations": iterations}
@@ -303,8 +289,6 @@ def _run_parallel(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from luser_cli.memprobe.oracles import prepare
-
     todo = sorted(pairs, key=lambda p: -_MODEL_COST.get(p[1], 1))
     prepared: dict[str, Any] = {}
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -384,142 +368,6 @@ def _worker_probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
         **kwargs,
     )
     return probe_model(oracle, spec["capacities"], spec["cap"], _QueueReporter())
-
-
-# -- output -------------------------------------------------------------------------------------
-def _cell(batch: int | None, rounding: bool, capped: bool = False) -> str:
-    if batch is None:
-        return ""
-    if rounding:
-        batch = paper_rounding(batch)
-    if batch == 0:
-        return DASH
-    return f">={batch}" if capped else str(batch)
-
-
-def _grid(
-    rows: Sequence[dict[str, Any]], paper: bool, rounding: bool
-) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, body rows and the indices of body rows that start a task group."""
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    capacities = list(dict.fromkeys(r["gpu_gb"] for r in rows))
-    index = {(r["task"], r["model"], r["gpu_gb"]): r for r in rows}
-    header = ["Task", "GPU RAM"]
-    for m in models:
-        header.append(DISPLAY_NAMES.get(m, m))
-        if paper:
-            header.append("paper")
-    body: list[list[str]] = []
-    starts: list[int] = []
-    for task in tasks:
-        starts.append(len(body))
-        first = next(r for r in rows if r["task"] == task)
-        line = [f"{task} ({first['image_size']} px)", "#Params"]
-        for m in models:
-            r = next((x for x in rows if x["task"] == task and x["model"] == m), None)
-            line.append("" if r is None else f"{r['parameters']:,}")
-            if paper:
-                pp = None if r is None else r.get("paper_parameters")
-                line.append("" if pp is None else f"{pp:,}")
-        body.append(line)
-        for gb in capacities:
-            line = ["", f"{gb:g} GB"]
-            for m in models:
-                r = index.get((task, m, gb))
-                line.append(
-                    "" if r is None else _cell(r["max_batch"], rounding, r.get("cap_reached"))
-                )
-                if paper:
-                    line.append("" if r is None else _cell(r.get("paper_max_batch"), False))
-            body.append(line)
-    return header, body, starts
-
-
-def table_caption(rows: Sequence[dict[str, Any]], paper: bool, rounding: bool) -> str:
-    """What the numbers are, in one or two sentences."""
-    backend = rows[0]["backend"] if rows else "?"
-    parts = [
-        f"Largest training batch per GPU capacity ({backend} backend"
-        + ("" if backend != "sim" else ", " + _allowance_text(rows[0]["allowance"]))
-        + f"); {DASH} = batch 1 does not fit; >=N = the search stopped at --cap N."
-    ]
-    if rounding:
-        parts.append("Our numbers use the paper's rounding (largest even number, except 1).")
-    else:
-        parts.append("Our numbers are the true maxima (--paper-rounding rounds them as the paper).")
-    if paper:
-        parts.append(
-            "'paper' = Guan et al., LUSER, Table 3, at the preset image sizes only (even numbers "
-            "except 1; its MRI code needed batch >= 2; its deblur image size is not stated)."
-        )
-    return " ".join(parts)
-
-
-def _allowance_text(a: dict[str, Any]) -> str:
-    return (
-        f"allowance: {a['context_gb']:g} GB context + {a['fragmentation']:.0%} fragmentation, "
-        f"{a['block_bytes']} B blocks"
-    )
-
-
-def rich_table(rows: Sequence[dict[str, Any]], paper: bool = True, rounding: bool = False):
-    """A :class:`rich.table.Table` laid out like paper Table 3."""
-    from rich.table import Table
-
-    header, body, starts = _grid(rows, paper, rounding)
-    table = Table(title="Max training batch size", caption=table_caption(rows, paper, rounding))
-    for i, name in enumerate(header):
-        is_paper = paper and i >= 2 and (i - 2) % 2 == 1
-        table.add_column(
-            name,
-            justify="left" if i < 2 else "right",
-            style="dim" if is_paper else None,
-            header_style="dim" if is_paper else "bold",
-        )
-    for j, line in enumerate(body):
-        table.add_row(*line, end_section=(j + 1) in starts)
-    return table
-
-
-def markdown_table(
-    rows: Sequence[dict[str, Any]], paper: bool = True, rounding: bool = False
-) -> str:
-    """The same table as GitHub Markdown."""
-    header, body, _ = _grid(rows, paper, rounding)
-    align = [":--", ":--"] + ["--:"] * (len(header) - 2)
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(align) + "|",
-    ]
-    lines += ["| " + " | ".join(line) + " |" for line in body]
-    return "\n".join(lines) + "\n\n" + table_caption(rows, paper, rounding) + "\n"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, load, Python / torch versions, GPU (if any)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    with contextlib.suppress(OSError):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 @dataclass

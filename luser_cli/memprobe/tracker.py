@@ -18,7 +18,7 @@ What is counted: every tensor storage created while the mode is active (paramete
 built inside it, gradients, optimiser state, inputs, activations, autograd's saved tensors,
 solver histories, temporaries). What is not: storages created before the mode was entered
 (they can be registered with :meth:`StorageTracker.track`), and memory that is not a tensor
-(the CUDA context, cuDNN workspaces, allocator rounding: see :mod:`luser_cli.memprobe.oracles`).
+(the CUDA context, cuDNN workspaces, allocator rounding: see :mod:`luser_cli.memprobe.allowance`).
 """
 
 from __future__ import annotations

@@ -290,6 +290,13 @@ class ParallelBeamRadon(LinearOperator):
     def measurement_shape(self) -> tuple[int, ...]:
         return (1, self.geometry.n_angles, self.geometry.n_detectors)
 
+    @property
+    def chunk_bytes(self) -> int:
+        """Temporary memory budget of one ``grid_sample`` chunk (grid + samples), bytes: the
+        ``grid`` backend splits an application to a batch of ``b`` into chunks of angles of at
+        most this many bytes, ``(2 + b) * N * itemsize`` per intermediate ray."""
+        return _CHUNK_BYTES
+
     def extra_repr(self) -> str:
         g = self.geometry
         return (
@@ -411,7 +418,7 @@ class ParallelBeamRadon(LinearOperator):
 
     def _plan(self, batch: int, itemsize: int) -> tuple[_Chunk, ...]:
         # Per intermediate ray: its N grid points (2 values) and N samples per batch item.
-        max_rays = max(1, _CHUNK_BYTES // ((2 + batch) * self.geometry.image_size * itemsize))
+        max_rays = max(1, self.chunk_bytes // ((2 + batch) * self.geometry.image_size * itemsize))
         max_rays = 1 << (max_rays.bit_length() - 1)  # few distinct plans
         if max_rays not in self._chunk_plans:
             self._chunk_plans[max_rays] = _chunks(self._rays, self._order, max_rays)

@@ -83,7 +83,7 @@ class ModelSettings(_Section):
 
 class TrainSettings(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-4, gt=0, lt=1)
+    lr: float = Field(1e-3, gt=0, lt=1, description="Adam's learning rate")
     model_lr: dict[str, float] = Field(
         default_factory=dict,
         description="learning rate per model name, replacing lr for that model "
@@ -99,7 +99,10 @@ class TrainSettings(_Section):
         0.3, gt=0, le=1, description="wsd: the share of the run spent decaying the lr to 0"
     )
     warmup_steps: int = Field(
-        0, ge=0, description="linear learning-rate warm-up from lr / warmup_steps over these steps"
+        20,
+        ge=0,
+        description="linear learning-rate warm-up from lr / warmup_steps over these steps "
+        "(Adam's first sign steps otherwise wreck the model)",
     )
     epochs: int = Field(50, ge=1)
     steps: int | None = Field(None, ge=1, description="if set, overrides epochs")
@@ -153,7 +156,7 @@ class DataSettings(_Section):
 class Preset(_Section):
     task: Literal["deblur", "ct", "mri4x", "mri8x"]
     image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
-    physics: dict[str, Any] = Field(default_factory=dict)
+    physics: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     model: ModelSettings = ModelSettings()
     solver: EquilibriumConfig = EquilibriumConfig()
     train: TrainSettings = TrainSettings()
@@ -245,19 +248,53 @@ def builtin_presets() -> dict[str, Path]:
     return found
 
 
-def load_preset(path: str | Path) -> Preset:
-    """Load and validate a TOML preset: a file, or a shipped preset's name (``ct-paper``)."""
+#: Top-level key of a preset file naming the preset it extends (a shipped preset's name or a
+#: file relative to this one); the file's own keys override the parent's, table by table.
+EXTENDS = "extends"
+
+
+def _preset_file(path: str | Path, relative_to: Path | None = None) -> Path:
     p = Path(path)
-    if not p.is_file():
-        shipped = builtin_presets()
-        if str(path) not in shipped:
-            raise ConfigError(f"preset file not found: {p} (shipped presets: {', '.join(shipped)})")
-        p = shipped[str(path)]
+    if relative_to is not None and not p.is_absolute() and (relative_to / p).is_file():
+        return relative_to / p
+    if p.is_file():
+        return p
+    shipped = builtin_presets()
+    if str(path) not in shipped:
+        raise ConfigError(f"preset file not found: {p} (shipped presets: {', '.join(shipped)})")
+    return shipped[str(path)]
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_data(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw settings of a preset file (or a shipped preset's name) with its ``extends``
+    chain resolved; values not set anywhere in the chain are the code defaults."""
+    p = _preset_file(path, _seen[-1].parent if _seen else None)
+    if p.resolve() in _seen:
+        chain = " -> ".join(str(q) for q in (*_seen, p.resolve()))
+        raise ConfigError(f"{p}: presets extend each other in a circle ({chain})")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
-    return preset_from_dict(data, str(p))
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{p}: {EXTENDS} must name a preset (a name or a file)")
+    return _merge(preset_data(parent, (*_seen, p.resolve())), data)
+
+
+def load_preset(path: str | Path) -> Preset:
+    """Load and validate a TOML preset: a file, or a shipped preset's name (``ct-paper``); a
+    preset may extend another (``extends = "ct-paper"``)."""
+    return preset_from_dict(preset_data(path), str(_preset_file(path)))
 
 
 def paper_preset_name(task: str) -> str:

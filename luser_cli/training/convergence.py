@@ -9,13 +9,14 @@ records ``fp_backward_converged`` in ``metrics.jsonl``: the fraction of its back
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from luser_cli.training.metrics_file import read_rows, row_kind
 
 #: Below this fraction of converged steps, train / eval / bench print a one-line warning.
 WARN_BELOW = 0.5
@@ -33,21 +34,6 @@ def step_backward_converged(records: Iterable[Mapping[str, Any]]) -> float | Non
     return float(torch.cat(flags).double().mean())
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (unreadable lines skipped; [] when there is no file)."""
-    rows: list[dict[str, Any]] = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def backward_convergence(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Summary over the training steps of ``rows`` (``metrics.jsonl`` rows) that recorded
     :data:`STEP_KEY`: ``steps``, ``converged_steps``, ``converged_step_fraction`` (steps whose
@@ -57,7 +43,7 @@ def backward_convergence(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | 
     fractions = [
         float(r[STEP_KEY])
         for r in rows
-        if r.get(STEP_KEY) is not None and "split" not in r and "event" not in r
+        if r.get(STEP_KEY) is not None and row_kind(dict(r)) == "step"
     ]
     if not fractions:
         return None
@@ -73,7 +59,7 @@ def backward_convergence(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | 
 def run_backward_convergence(run: Path) -> dict[str, Any] | None:
     """:func:`backward_convergence` of a run folder (or of the folder of a checkpoint file)."""
     folder = run if run.is_dir() else run.parent
-    return backward_convergence(read_metrics(folder / "metrics.jsonl"))
+    return backward_convergence(read_rows(folder / "metrics.jsonl"))
 
 
 def convergence_warning(summary: Mapping[str, Any] | None, what: str = "training") -> str | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from luser_cli.io.atomic import atomic_write
+from luser_cli.training.metrics_file import read_rows, row_kind
 
 #: y-axis label of the loss panel per ``train.loss``; the MSE is drawn on a log axis, the psnr
 #: loss (a negative number of dB) on a linear one.
@@ -20,16 +20,9 @@ def plot_training_curves(metrics: Path, out: Path, title: str = "", loss: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, val = [], []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("split") == "val":
-            val.append((row["step"], row["val_psnr"]))
-        elif "loss" in row:
-            train.append((row["step"], row["loss"], row.get("psnr")))
+    rows = read_rows(metrics)
+    train = [(r["step"], r["loss"], r.get("psnr")) for r in rows if row_kind(r) == "step"]
+    val = [(r["step"], r["val_psnr"]) for r in rows if row_kind(r) == "val"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     if train:
         s, values, psnr = zip(*train, strict=True)

@@ -14,80 +14,54 @@ checkpoint at the next step boundary and stop cleanly.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from luser_cli.data.sources import open_dataset
+from luser_cli.devices import resolve_device
 from luser_cli.errors import CheckpointError, ConfigError, LuserError, OutputError
-from luser_cli.evaluation.metrics import mri_volume_max
-from luser_cli.evaluation.metrics import psnr as field_psnr
-from luser_cli.evaluation.metrics import ssim as field_ssim
-from luser_cli.io.atomic import atomic_write, disk_full_error, disk_full_reason
+from luser_cli.evaluation.metrics import batch_psnr
+from luser_cli.io.atomic import atomic_write
 from luser_cli.models.registry import count_parameters
 from luser_cli.models.unrolled import ReconstructionModel
-from luser_cli.physics import output_image
 from luser_cli.tasks import get_task
 from luser_cli.training import checkpoint as ckpt
-from luser_cli.training.batches import Batch, BatchMaker
+from luser_cli.training.batches import BatchMaker
 from luser_cli.training.config import Preset, preset_to_toml
 from luser_cli.training.convergence import (
     backward_convergence,
     convergence_warning,
-    read_metrics,
     solver_summary,
 )
 from luser_cli.training.distributed import DistContext
-from luser_cli.training.faults import FAULT_ENV, FaultPlan, sigkill
+from luser_cli.training.faults import FAULT_ENV, FaultPlan
+from luser_cli.training.health import step_failure, weights_finite
 from luser_cli.training.init_weights import load_init_weights
-from luser_cli.training.run_lock import RunLock, check_run_folder
+from luser_cli.training.metrics_file import MetricsLog
+from luser_cli.training.recovery import CheckpointsAndRecovery
+from luser_cli.training.run_folder import changed_settings, lock_run_folder, open_run
+from luser_cli.training.run_lock import RunLock
 from luser_cli.training.sampler import BatchPlan
 from luser_cli.training.schedule import learning_rate
+from luser_cli.training.signals import deferred_stop_signals
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
     clip_gradients,
     forward_backward,
 )
+from luser_cli.training.validation import stack_items, validate
 
-EXPLODED_RESIDUAL = 1e3  # a forward residual above this marks the fixed point as exploded
 PLOT_EVERY_S = 60.0  # least seconds between redraws of training_curve.png during a run
-VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT_EPOCH)
-LENGTH = ("train.steps ", "train.epochs ")  # settings --resume may change (the run's length)
-
-
-class TrainingFailed(LuserError):
-    """Training diverged and the bounded rollbacks did not help (exit code 4)."""
-
-    exit_code = 4
-
-
-class TrainingInterrupted(LuserError):
-    """SIGINT/SIGTERM: a checkpoint was saved; ``--resume`` continues (exit code 75,
-    ``EX_TEMPFAIL``: "try again later")."""
-
-    exit_code = 75
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 @dataclass
@@ -97,18 +71,7 @@ class StepResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _batch_psnr(task: str, x: Tensor, out: Tensor) -> float:
-    """Quick mean PSNR of a training batch for the progress bar (per-image range)."""
-    t = output_image(task, x.detach()).flatten(1)
-    p = output_image(task, out.detach()).flatten(1)
-    mse = torch.mean((t - p) ** 2, dim=1).clamp_min(1e-20)
-    rng = (t.amax(1) - (t.amin(1) if t.shape[1] else 0)).clamp_min(1e-12)
-    if x.shape[1] == 3:
-        rng = torch.ones_like(rng)
-    return float(torch.mean(10 * torch.log10(rng**2 / mse)))
-
-
-class Trainer:
+class Trainer(CheckpointsAndRecovery):
     """Train one model on one task with one preset into ``out_dir``."""
 
     def __init__(
@@ -200,7 +163,7 @@ class Trainer:
         self.rollbacks = 0
         self.best_val = -math.inf
         self.nonconverged_total = 0
-        self.metrics_rows = 0  # rows of metrics.jsonl written so far (kept in checkpoints)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", writes=self.dist.is_main)
         self._saved_step = -1
         self._last_plot = time.monotonic()
         self._good_state: dict[str, Any] | None = None
@@ -210,136 +173,8 @@ class Trainer:
         """Learning rate of (0-based) step ``step``: a function of the step and ``lr_scale``."""
         return learning_rate(self.preset.train, step, self.total_steps, self.lr_scale)
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "task": self.preset.task,
-            "model": self.model_name,
-            "image_size": self.preset.image_size,
-            "channels": self.channels,
-            "parameters": self.parameters,
-            "preset": self.preset.model_dump(mode="json"),
-            "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "step": self.step,
-            "epoch": self.plan.epoch_of(self.step),
-            "total_steps": self.total_steps,
-            "lr_scale": self.lr_scale,
-            "rollbacks": self.rollbacks,
-            "best_val_psnr": self.best_val,
-            "nonconverged_total": self.nonconverged_total,
-            "metrics_rows": self.metrics_rows,
-            "world_size": self.dist.world_size,
-            "rng_torch": torch.get_rng_state(),
-        }
-
-    def _load_state(self, state: dict[str, Any], source: str) -> None:
-        """Restore a checkpoint's training state; a state that does not fit is one line."""
-        ckpt.check_state_shapes(
-            self.model.state_dict(), state["model_state"], source, f"this {self.model_name} run"
-        )
-        ckpt.check_optimizer_shapes(self.model, state.get("optimizer_state"), source)
-        try:
-            self.model.load_state_dict(state["model_state"])
-            self.optimizer.load_state_dict(state["optimizer_state"])
-            if isinstance(state.get("rng_torch"), Tensor):
-                torch.set_rng_state(state["rng_torch"])
-            self.lr_scale = float(state.get("lr_scale", 1.0))
-            self.rollbacks = int(state.get("rollbacks", 0))
-            self.best_val = float(state.get("best_val_psnr", -math.inf))
-            self.nonconverged_total = int(state.get("nonconverged_total", 0))
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise CheckpointError(
-                f"{source}: its state does not fit this {self.model_name} run ({first})"
-            ) from None
-        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
-            raise CheckpointError(f"{source}: bad learning-rate scale {self.lr_scale}")
-        self.step = int(state["step"])
-
-    def _remember_good(self) -> None:
-        """Keep the state just saved in memory: the target of a rollback."""
-        self._good_state = copy.deepcopy(
-            {
-                "model_state": self.model.state_dict(),
-                "optimizer_state": self.optimizer.state_dict(),
-                "step": self.step,
-                "rng_torch": torch.get_rng_state(),
-                "nonconverged_total": self.nonconverged_total,
-                "metrics_rows": self.metrics_rows,
-            }
-        )
-
-    def save(self, best: bool = False) -> None:
-        """Write ``checkpoint_best.pt`` (if ``best``) then ``checkpoint_last.pt`` (rank 0).
-
-        Best goes first: a kill between the two leaves a ``last`` from before that validation,
-        and the resumed run repeats it and writes ``best`` again.
-        """
-        if self.dist.is_main:
-            state = self._state()
-            if best:
-                ckpt.save_checkpoint(self.out / ckpt.BEST, state)
-            kill = self.faults.take("kill-save", self.step)
-            kill_rotate = self.faults.take("kill-rotate", self.step)
-            ckpt.save_checkpoint(
-                self.out / ckpt.LAST,
-                state,
-                keep_previous=True,
-                before_commit=sigkill if kill else None,
-                after_rotate=sigkill if kill_rotate else None,
-            )
-        self._saved_step = self.step
-        self._remember_good()
-
     # -- logging -------------------------------------------------------------------------------
-    def _metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    def _write_metrics(self, row: dict[str, Any]) -> None:
-        self.metrics_rows += 1
-        if self.dist.is_main:
-            try:
-                with open(self._metrics_path(), "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-            except OSError as e:  # a full disk: one line; a torn row is dropped on resume
-                if disk_full_reason(e) is None:
-                    raise
-                raise disk_full_error(self._metrics_path(), e) from None
-
-    def _truncate_metrics(self, rows: int | None, step: int) -> None:
-        """Keep the first ``rows`` complete rows of ``metrics.jsonl`` (those a checkpoint covers;
-        without that count, the rows up to ``step``): rows logged after it are redone on resume
-        or rollback, and a row cut off by a kill is dropped. Rewritten atomically."""
-        p = self._metrics_path()
-        keep: list[str] = []
-        if p.exists():
-            for line in p.read_text(encoding="utf-8").splitlines():
-                if rows is not None and len(keep) >= rows:
-                    break
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a kill
-                if not isinstance(row, dict):
-                    continue
-                if rows is None and (row.get("step", 0) > step or "event" in row):
-                    continue
-                keep.append(line)
-            with atomic_write(p) as tmp:
-                tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        self.metrics_rows = len(keep)
-
     # -- one step ------------------------------------------------------------------------------
-    def _items(self, indices: list[int], dataset) -> tuple[Tensor, dict]:
-        items = [dataset[i] for i in indices]
-        x = torch.stack([it[0] for it in items])
-        meta = {key: torch.as_tensor([it[1][key] for it in items]) for key in items[0][1]}
-        return x, meta
-
-    def _weights_finite(self) -> bool:
-        flags = [torch.isfinite(p.detach()).all() for p in self.model.parameters()]
-        return bool(torch.stack(flags).all()) if flags else True
-
     def train_step(self, step: int) -> StepResult | str:
         """One optimiser step (``step`` 0-based). Returns the reduced metrics, or, when the step
         was not finite (nothing applied, or weights to be rolled back), the reason."""
@@ -347,7 +182,7 @@ class Trainer:
         n = step + 1  # the step number of metrics.jsonl and of LUSER_FAULT_INJECT
         self.net.train()
         epoch = self.plan.epoch_of(step)
-        x, meta = self._items(self.plan.local_batch(step), self.train_set)
+        x, meta = stack_items(self.plan.local_batch(step), self.train_set)
         batch = self.maker.make(x, meta, epoch, self.seed)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
@@ -368,13 +203,7 @@ class Trainer:
             dtype=torch.float64,
         )
         values = self.dist.all_reduce_max(values)
-        reason = None
-        if not math.isfinite(float(values[0])):
-            reason = "non-finite loss"
-        elif not math.isfinite(float(values[1])):
-            reason = "non-finite gradient"
-        elif not math.isfinite(float(values[2])) or float(values[2]) > EXPLODED_RESIDUAL:
-            reason = f"exploding fixed point (forward residual {float(values[2]):.3g})"
+        reason = step_failure(*(float(v) for v in values))
         if reason is not None:
             self.optimizer.zero_grad(set_to_none=True)
             return reason
@@ -382,12 +211,12 @@ class Trainer:
         if self.faults.take("nan-weights", n):
             with torch.no_grad():
                 next(iter(self.model.parameters())).fill_(math.nan)
-        if self.dist.any_flag(not self._weights_finite()):
+        if self.dist.any_flag(not weights_finite(self.model)):
             return "non-finite weights after the optimiser step"
         final = output[0] if isinstance(output, tuple) else output
         local = {
             "loss": loss_value,
-            "psnr": _batch_psnr(self.preset.task, batch.x, final),
+            "psnr": batch_psnr(self.preset.task, batch.x, final),
             **stats,
             "A_calls": float(calls[0]),
             "At_calls": float(calls[1]),
@@ -399,89 +228,39 @@ class Trainer:
         loss_mean, psnr_mean = reduced.pop("loss"), reduced.pop("psnr")
         return StepResult(loss=loss_mean, psnr=psnr_mean, stats=reduced)
 
-    # -- validation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR/SSIM on the validation split (each field's convention), fixed noise."""
-        self.net.eval()
-        n = len(self.val_set)
-        indices = list(range(self.dist.rank, n, self.dist.world_size))
-        psnrs: list[float] = []
-        ssims: list[float] = []
-        task = self.preset.task
-        bs = self.preset.train.batch_size
-        vmax = mri_volume_max(self.val_set)
-        for start in range(0, len(indices), bs):
-            x, meta = self._items(indices[start : start + bs], self.val_set)
-            b: Batch = self.maker.make(x, meta, VAL_EPOCH, self.seed)
-            out = self.model(b.y, b.op, b.x0)
-            t_img = output_image(task, b.x).cpu().numpy()
-            p_img = output_image(task, out).float().cpu().numpy()
-            for i in range(t_img.shape[0]):
-                psnrs.append(field_psnr(task, t_img[i], p_img[i], vmax))
-                ssims.append(field_ssim(task, t_img[i], p_img[i], vmax))
-        sums = torch.tensor([sum(psnrs), sum(ssims), float(len(psnrs))], dtype=torch.float64)
-        sums = self.dist.all_reduce_sum(sums)
-        count = max(float(sums[2]), 1.0)
-        return {"val_psnr": float(sums[0]) / count, "val_ssim": float(sums[1]) / count}
+        """PSNR/SSIM on the validation split (:func:`luser_cli.training.validation.validate`)."""
+        return validate(
+            self.net,
+            self.model,
+            self.val_set,
+            self.maker,
+            task=self.preset.task,
+            batch_size=self.preset.train.batch_size,
+            seed=self.seed,
+            dist=self.dist,
+        )
 
     # -- the run -------------------------------------------------------------------------------
     def _changed_settings(self, stored: dict[str, Any]) -> list[str]:
-        """Dotted preset fields that differ between a checkpoint and this run."""
-        now = self.preset.model_dump(mode="json")
-        changed: list[str] = []
-        if self.model_name == "deq4ip" and isinstance(stored.get("model"), dict):
-            # A DEQ4IP run from before model.deq4ip_norm/anchor trained the original map.
-            stored = {**stored, "model": dict(stored["model"])}
-            for key, original in (("deq4ip_norm", "batch"), ("deq4ip_anchor", 0.0)):
-                if stored["model"].get(key) is None:
-                    stored["model"][key] = original
-
-        def walk(a: Any, b: Any, key: str) -> None:
-            if isinstance(a, dict) and isinstance(b, dict):
-                for k in sorted(set(a) | set(b)):
-                    walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
-            elif a != b:
-                changed.append(f"{key} {a!r} -> {b!r}")
-
-        walk(stored, now, "")
-        return changed
+        return changed_settings(self.preset.model_dump(mode="json"), stored, self.model_name)
 
     def _open_run(self) -> dict[str, Any] | None:
-        """Rank 0's view of the run folder: the checkpoint to resume from, or None for a new
-        run. Raises a one-line error for a folder that cannot be used: a file, a folder holding
-        files luser did not write, or a run with other settings (``--resume``). Reads only:
-        nothing is created before the whole trainer is built (:meth:`_lock_run_folder`)."""
-        check_run_folder(self.out, resume=self.resume)
-        resumable = ckpt.load_resumable(self.out, warn=self.log) if self.resume else None
-        if resumable is not None:
-            ckpt.check_compatible(
-                resumable,
-                task=self.preset.task,
-                model=self.model_name,
-                image_size=self.preset.image_size,
-                channels=self.channels,
-                source=f"run folder {self.out}",
-            )
-            changed = [
-                c for c in self._changed_settings(resumable["preset"]) if not c.startswith(LENGTH)
-            ]
-            if changed:
-                raise ConfigError(
-                    f"{self.out} was trained with other settings ({'; '.join(changed[:3])}); "
-                    "--resume continues a run only with its own settings (--steps/--epochs may "
-                    "extend it): drop those flags or choose another --out"
-                )
-            return resumable
-        existing = [n for n in (ckpt.LAST, ckpt.PREV, ckpt.BEST) if (self.out / n).exists()]
-        if existing and not self.resume:
-            raise ConfigError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if self.resume:
-            self.log(f"no checkpoint in {self.out} to resume from; starting a new run")
-        return None
+        """Rank 0's view of the run folder (:func:`luser_cli.training.run_folder.open_run`)."""
+        expect = {
+            "task": self.preset.task,
+            "model": self.model_name,
+            "image_size": self.preset.image_size,
+            "channels": self.channels,
+        }
+        return open_run(
+            self.out,
+            resume=self.resume,
+            preset=self.preset.model_dump(mode="json"),
+            expect=expect,
+            model_name=self.model_name,
+            log=self.log,
+        )
 
     def _open_run_everywhere(self) -> dict[str, Any] | None:
         """:meth:`_open_run` on rank 0, its outcome (checkpoint or one-line error) on every
@@ -499,27 +278,16 @@ class Trainer:
         return outcome[1]
 
     def _lock_run_folder(self) -> None:
-        """Rank 0: create the run folder and take its lock (:class:`RunLock`), then check again
-        what the folder holds, now that no other ``luser train`` can write it. The outcome (or
-        its one-line error) reaches every rank."""
+        """Rank 0 creates and locks the run folder
+        (:func:`luser_cli.training.run_folder.lock_run_folder`); the outcome (or its one-line
+        error) reaches every rank."""
         problem: tuple[str, str] | None = None
         if self.dist.is_main:
             try:
-                try:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    why = e.strerror or type(e).__name__
-                    raise OutputError(f"--out {self.out}: cannot create it ({why})") from None
-                self._lock = RunLock(self.out).acquire()  # released by run() or process end
-                check_run_folder(self.out, resume=self.resume)
-                if self.resume:
-                    now = ckpt.load_resumable(self.out, warn=lambda _m: None)
-                    before = self._resumable
-                    if (now and now["step"]) != (before and before["step"]):
-                        raise ConfigError(
-                            f"{self.out} changed while this run was starting (another luser "
-                            "train wrote it); run the command again"
-                        )
+                before = self._resumable
+                self._lock = lock_run_folder(
+                    self.out, resume=self.resume, resumable_step=before["step"] if before else None
+                )
             except LuserError as e:
                 problem = (type(e).__name__, str(e))
         problem = self.dist.broadcast_from_main(problem)
@@ -536,9 +304,7 @@ class Trainer:
             self._load_state(resumable, f"{self.out}")
             if self.dist.is_main:
                 ckpt.remove_stale_temporaries(self.out)
-                self._truncate_metrics(resumable.get("metrics_rows"), self.step)
-            else:
-                self.metrics_rows = int(resumable.get("metrics_rows", 0))
+            self.metrics.truncate(resumable.get("metrics_rows"), self.step)
             changed = self._changed_settings(resumable["preset"])
             if changed:
                 self.log(
@@ -549,86 +315,11 @@ class Trainer:
             self._saved_step = self.step
         elif self.dist.is_main:
             ckpt.remove_stale_temporaries(self.out)
-            self._metrics_path().unlink(missing_ok=True)
+            self.metrics.start_new()
         if self.dist.is_main:
             with atomic_write(self.out / "preset.toml") as tmp:
                 tmp.write_text(preset_to_toml(self.preset), encoding="utf-8")
         self._remember_good()
-
-    @contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM only set a flag; the loop saves and stops at the next step boundary."""
-
-        def handler(signum, _frame):
-            self._stop_signal = signum
-
-        old = {}
-        for s in (signal.SIGINT, signal.SIGTERM):
-            with suppress(ValueError):  # not the main thread: no handlers
-                old[s] = signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-    def _rollback(self, step: int, reason: str) -> None:
-        """Step ``step`` (0-based) failed: restore the last saved state with half the lr."""
-        assert self._good_state is not None
-        good = self._good_state
-        self.rollbacks += 1
-        limit = self.preset.train.max_rollbacks
-        if self.rollbacks > limit:
-            self._write_metrics(
-                {"step": self.step, "event": "failed", "failed_step": step + 1, "reason": reason}
-            )
-            last = self.out / ckpt.LAST
-            where = (
-                f"the last good checkpoint is {last} (step {good['step']})"
-                if last.exists()
-                else "no checkpoint was saved"
-            )
-            raise TrainingFailed(
-                f"training diverged at step {step + 1} ({reason}) after {limit} rollback(s) to "
-                f"lower learning rates (now x{self.lr_scale:g}); {where}; try a lower --lr"
-            )
-        self.model.load_state_dict(good["model_state"])
-        self.optimizer.load_state_dict(good["optimizer_state"])
-        torch.set_rng_state(good["rng_torch"])
-        self.step = int(good["step"])
-        self.nonconverged_total = int(good["nonconverged_total"])
-        if self.dist.is_main:
-            self._truncate_metrics(int(good["metrics_rows"]), self.step)
-        else:
-            self.metrics_rows = int(good["metrics_rows"])
-        self.lr_scale *= 0.5
-        self.log(
-            f"warning: step {step + 1}: {reason}; rolled back to step {self.step} with learning "
-            f"rate x{self.lr_scale:g} (rollback {self.rollbacks} of {limit})"
-        )
-        self._write_metrics(
-            {
-                "step": self.step,
-                "event": "rollback",
-                "failed_step": step + 1,
-                "reason": reason,
-                "lr_scale": self.lr_scale,
-                "rollbacks": self.rollbacks,
-            }
-        )
-        good["metrics_rows"] = self.metrics_rows  # a later rollback keeps this row
-
-    def _stop_if_signalled(self) -> None:
-        if not self.dist.any_flag(self._stop_signal is not None):
-            return
-        if self._saved_step != self.step:
-            self.save()
-        self._plot_curves(force=True)
-        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
-        raise TrainingInterrupted(
-            f"stopped by {name} at step {self.step}; checkpoint saved in {self.out} "
-            "(continue with --resume)"
-        )
 
     def _plot_curves(self, force: bool = False) -> None:
         """Redraw ``training_curve.png`` (rank 0) at the end, and meanwhile at most every
@@ -638,9 +329,9 @@ class Trainer:
         now = time.monotonic()
         if not self.dist.is_main or not (force or now - self._last_plot >= PLOT_EVERY_S):
             return
-        if self._metrics_path().exists():
+        if self.metrics.path.exists():
             plot_training_curves(
-                self._metrics_path(),
+                self.metrics.path,
                 self.out / "training_curve.png",
                 title=f"{self.model_name} on {self.preset.task}",
                 loss=self.preset.train.loss,
@@ -664,13 +355,13 @@ class Trainer:
     def _run(self) -> dict[str, Any]:
         from luser_cli.training.progress import TrainingProgress
 
-        with self._signals():
+        with deferred_stop_signals(self._note_signal):
             self._prepare_run_dir()
             start_step = self.step
             t0 = time.perf_counter()
             progress = TrainingProgress(self.total_steps, start_step, enabled=self.show_progress)
             if start_step:  # resumed: count the earlier steps' backward solves too
-                progress.backward = backward_convergence(read_metrics(self._metrics_path()))
+                progress.backward = backward_convergence(self.metrics.read())
             last: StepResult | None = None
             with progress:
                 while self.step < self.total_steps:
@@ -693,7 +384,7 @@ class Trainer:
                         "time_s": time.perf_counter() - ts,
                         **result.stats,
                     }
-                    self._write_metrics(row)
+                    self.metrics.append(row)
                     progress.update(
                         self.step, result.loss, result.psnr, result.stats, self.nonconverged_total
                     )
@@ -704,14 +395,14 @@ class Trainer:
                         best = val["val_psnr"] > self.best_val
                         if best:
                             self.best_val = val["val_psnr"]
-                        self._write_metrics({"step": self.step, "split": "val", **val})
+                        self.metrics.append({"step": self.step, "split": "val", **val})
                         progress.note_validation(val)
                         self._plot_curves(force=done)
                     if self.step % self.save_every == 0 or done or best:
                         self.save(best=best)
         bwd = None
         if self.dist.is_main:
-            bwd = backward_convergence(read_metrics(self._metrics_path()))
+            bwd = backward_convergence(self.metrics.read())
         warning = convergence_warning(bwd)
         if warning:
             self.log(warning)
