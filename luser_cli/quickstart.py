@@ -30,8 +30,8 @@ class QuickstartSettings:
     steps: int = 500
     batch_size: int = 4
     lr: float | None = None  # the preset's (with its per-model rates) when None
-    #: 128, not the preset's 32: TV's per-image PSNR spreads by ~4 dB on the phantoms, so a
-    #: 32-image mean of model - TV moved by ~0.5 dB between seeds (examples/quality-bars.md).
+    #: More than the preset's test_size: TV's per-image PSNR spreads widely on the phantoms, so a
+    #: small mean of model - TV moves between seeds (measured in examples/quality-bars.md).
     eval_images: int = 128
     seed: int = 0
     initial: str | None = None  # None: the task preset's (ct.toml: fbp; the others: auto)

@@ -53,7 +53,7 @@ def train(
         None,
         "--scheduler",
         help="Learning rate after the warm-up: none, cosine (decay to 0), or wsd (constant, "
-        "then linear decay to 0 over the last 30%).",
+        "then linear decay to 0 over the last train.decay_fraction of the steps).",
     ),
     initial: str | None = typer.Option(
         None,

@@ -38,8 +38,8 @@ from luser_cli.data.transforms import to_task_channels
 #: Peak attenuation of the built-in CT ellipse phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is
 #: about 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is
 #: bone everywhere and a 26 cm path attenuates the beam by e^-10 or more, so with LoDoPaB's 4096
-#: photons most detector bins count almost nothing: measured at 64 px, FBP 16.2 dB and TV
-#: 14.5 dB, a photon-starved problem; at 0.35, FBP 24.4 dB and TV 28.3 dB.
+#: photons most detector bins count almost nothing (a photon-starved problem on which FBP and
+#: TV both fail; measured in examples/quality-bars.md).
 CT_PHANTOM_MAX = 0.35
 #: Range of the peak attenuation of grey photo patches for CT (uniform).
 CT_PHOTO_PEAK = (0.25, 0.7)

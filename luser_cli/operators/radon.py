@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from luser_cli.errors import ConfigError, InputError
-from luser_cli.operators.base import LinearOperator
+from luser_cli.operators.base import LinearOperator, power_iteration
 
 #: Side of LoDoPaB's square image domain, metres.
 LODOPAB_IMAGE_EXTENT = 0.26
@@ -337,25 +337,24 @@ class ParallelBeamRadon(LinearOperator):
             raise InputError(f"Radon operator expects floating-point {what}, got {t.dtype}")
 
     def _power_iteration(self, iterations: int, seed: int) -> float:
-        """At most ``iterations`` steps, stopping once the estimate moves by less than 1e-9
-        (float64, where the sparse path makes it cheap) or 1e-6 (float32, larger images):
-        Radon's leading eigenvector is smooth, ~10 steps at 362 x 362. On the buffers' device,
-        or on real CPU tensors when the buffers are fake (a memory simulation gets the value)."""
+        """:func:`~luser_cli.operators.base.power_iteration` in the working dtype, at most
+        ``iterations`` steps, stopping once the estimate moves by less than 1e-9 (float64, where
+        the sparse path makes it cheap) or 1e-6 (float32, larger images): Radon's leading
+        eigenvector is smooth, ~10 steps at 362 x 362. On the buffers' device, or on real CPU
+        tensors when the buffers are fake (a memory simulation gets the value)."""
         calls = (self.calls_A, self.calls_A_adjoint)
         dtype = torch.float64 if self._sparse_allowed() else torch.float32
-        rtol = 1e-9 if dtype == torch.float64 else 1e-6
         device = torch.device("cpu") if _is_fake(self.angles) else self.angles.device
-        value = 0.0
         with unset_fake_temporarily():
-            g = torch.Generator(device="cpu").manual_seed(seed)
-            x = torch.randn((1, *self.image_shape), generator=g, dtype=torch.float64)
-            x = (x / x.norm()).to(device=device, dtype=dtype)
-            for _ in range(iterations):
-                z = self.AtA(x)
-                previous, value = value, float(torch.sum(z.double() * x.double()))
-                x = z / z.norm().clamp_min(1e-30)
-                if abs(value - previous) <= rtol * abs(value):
-                    break
+            value = power_iteration(
+                self.AtA,
+                self.image_shape,
+                iterations=iterations,
+                seed=seed,
+                device=device,
+                dtype=dtype,
+                rtol=1e-9 if dtype == torch.float64 else 1e-6,
+            )
         self.calls_A, self.calls_A_adjoint = calls
         return value
 

@@ -14,15 +14,15 @@ def learning_rate(t: TrainSettings, step: int, total: int, scale: float = 1.0) -
     * ``none``: constant;
     * ``cosine``: ``0.5 (1 + cos(pi step / total))``, from the full rate to 0 over the run;
     * ``wsd`` (warm-up, stable, decay): the full rate until the last ``t.decay_fraction`` of the
-      run, then a linear fall to 0. It holds the full rate longer than a cosine; measured on CT
-      at 64 px and 150 steps, +0.1 dB (``examples/quality-bars.md``).
+      run, then a linear fall to 0. It holds the full rate longer than a cosine (measured in
+      ``examples/quality-bars.md``).
     """
     base = t.lr * scale
     if t.warmup_steps:
         # Adam's first steps are sign steps of size lr on every weight; the spectrally
         # normalised convolutions feeding per-channel GroupNorm are scale-invariant, so such a
-        # step changes their output by as much as the output itself (measured on CT 64: one
-        # step at lr 1e-3 takes LUSER-DW from 22.3 to 11.6 dB). Ramp up instead.
+        # step changes their output by as much as the output itself (a single such step wrecks
+        # a LUSER-DW; examples/quality-bars.md). Ramp up instead.
         base *= min(1.0, (step + 1) / t.warmup_steps)
     if total <= 1:
         return base
