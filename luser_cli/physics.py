@@ -1,7 +1,9 @@
 """Build a task's operator and noise, simulate measurements, and form the initial estimate.
 
 This is the one place that maps a task name + physics settings to concrete operator objects;
-training, evaluation, ``simulate`` and ``reconstruct`` all go through it.
+training, evaluation, ``simulate`` and ``reconstruct`` all go through it. The operator owns the
+whole measurement: :func:`build_operator` gives it the task's noise model, and
+:meth:`~luser_cli.operators.base.LinearOperator.measure` is ``restrict(noise(A x))``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def build_operator(
     For MRI, ``masks`` is ``(N, W_k)`` (N = 1 or the batch size); when omitted one mask is drawn
     with seed 0. ``kspace_size`` (MRI only) zero-pads the image into a larger k-space grid, as for
     fastMRI files whose k-space is 640 x W while images are 320 x 320.
+
+    The operator's ``noise`` is the task's (:func:`build_noise`), so ``op.measure(x, generator)``
+    simulates the task's measurements.
     """
     spec = get_task(task) if isinstance(task, str) else task
     phys = resolve_physics(spec, physics)
@@ -85,22 +90,25 @@ def build_operator(
         from luser_cli.operators.blur import GaussianBlur, gaussian_kernel
 
         kernel = gaussian_kernel(phys.kernel_size, phys.variance)
-        return GaussianBlur((spec.channels, h, w), kernel)
-    if isinstance(phys, CTPhysics):
+        op: LinearOperator = GaussianBlur((spec.channels, h, w), kernel)
+    elif isinstance(phys, CTPhysics):
         if h != w:
             raise ConfigError(f"CT needs square images, got {h}x{w}")
         from luser_cli.operators.radon import CTGeometry, ParallelBeamRadon
 
         geometry = CTGeometry.lodopab(h, angles_total=phys.angles_total, angle_step=phys.angle_step)
-        return ParallelBeamRadon(geometry)
-    if isinstance(phys, MRIPhysics):
+        op = ParallelBeamRadon(geometry)
+    elif isinstance(phys, MRIPhysics):
         from luser_cli.operators.mri import MaskedFourier
 
         kh, kw = kspace_size if kspace_size is not None else (h, w)
         if masks is None:
             masks = mri_masks(phys, kw, [0])
-        return MaskedFourier((h, w), masks, kspace_size=(kh, kw))
-    raise ConfigError(f"no operator for physics {type(phys).__name__}")
+        op = MaskedFourier((h, w), masks, kspace_size=(kh, kw))
+    else:
+        raise ConfigError(f"no operator for physics {type(phys).__name__}")
+    op.noise = build_noise(spec, phys)
+    return op
 
 
 def build_noise(task: str | TaskSpec, physics: Physics | dict | None = None) -> NoiseModel:
@@ -117,9 +125,10 @@ def simulate(
     x: Tensor,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``y = noise(A x)``, restricted to the operator's measured support (e.g. the MRI mask)."""
-    y = noise(op.A(x), generator)
-    return op.restrict(y) if hasattr(op, "restrict") else y
+    """``y = restrict(noise(A x))`` with the given ``noise`` instead of the operator's own:
+    :meth:`~luser_cli.operators.base.LinearOperator.measure` (``x`` ``(B, *image_shape)`` ->
+    ``(B, *measurement_shape)``; one noise draw for the batch from ``generator``)."""
+    return op.measure(x, generator, noise=noise)
 
 
 #: Initial estimates a preset may choose (``model.initial``).
@@ -177,11 +186,10 @@ def simulate_seeded(
     Per-item seeds make a measurement independent of how items are batched or sharded across
     processes, which is what exact resume and distributed training rely on.
     """
-    clean = op.A(x)
-    noisy = torch.cat(
-        [
-            noise(clean[i : i + 1], torch.Generator().manual_seed(int(s)))
-            for i, s in enumerate(seeds)
-        ]
-    )
-    return op.restrict(noisy) if hasattr(op, "restrict") else noisy
+    return op.measure(x, seeded_generators(seeds), noise=noise)
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU ``torch.Generator`` per seed, ``manual_seed(int(seed))``: the per-item
+    ``generator`` argument of :meth:`~luser_cli.operators.base.LinearOperator.measure`."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -4,11 +4,12 @@ Steps: read the input (:func:`luser_cli.io.images.read_image_stack`: PNG/JPEG/TI
 NIfTI, values in [0, 1] by dtype range, no per-image rescaling); bring each image to the task's
 channels (:func:`luser_cli.data.transforms.to_task_channels`) and to a square of the requested
 size (:func:`luser_cli.data.transforms.resize_square`: centre crop to a square, then an
-anti-aliased resize; by default the crop's own size is kept); simulate ``y = noise(A x)`` with
-the task's operator and noise; write luser's measurement file with the ground truth.
+anti-aliased resize; by default the crop's own size is kept); simulate ``y = restrict(noise(A x))``
+with the task's operator and its noise (:meth:`~luser_cli.operators.base.LinearOperator.measure`);
+write luser's measurement file with the ground truth.
 
 Reproducibility: the noise of slice ``i`` is drawn from its own generator seeded with
-``item_seed(seed, i)``, so results do not depend on the batch size; MRI masks are seeded per
+``file_noise_seed(seed, i)``, so results do not depend on the batch size; MRI masks are seeded per
 input file name and slice with :func:`luser_cli.operators.masks.mask_seed`.
 """
 
@@ -18,7 +19,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,10 +27,13 @@ import torch
 from luser_cli.errors import ConfigError
 from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, get_task, is_mri
 
+if TYPE_CHECKING:
+    from luser_cli.operators.base import LinearOperator
+
 MEASUREMENT_SUFFIXES = (".h5", ".hdf5")
 
 
-def item_seed(seed: int, index: int) -> int:
+def file_noise_seed(seed: int, index: int) -> int:
     """The noise seed of slice ``index`` for the user's ``seed`` (stable across machines)."""
     digest = hashlib.sha256(f"luser-noise:{int(seed)}:{int(index)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
@@ -120,7 +124,7 @@ def simulate_file(
     """
     from luser_cli.io.images import read_image_stack, suffix_of
     from luser_cli.io.measurement import write_measurement
-    from luser_cli.physics import build_noise, build_operator, mri_masks, resolve_physics
+    from luser_cli.physics import build_operator, mri_masks, resolve_physics
     from luser_cli.run_files import check_user_output
 
     t0 = time.perf_counter()
@@ -146,7 +150,6 @@ def simulate_file(
         from luser_cli.operators.masks import mask_seed
 
         masks = mri_masks(phys, size, [mask_seed(name, i) for i in range(n)])
-    noise = build_noise(spec, phys)
     shared = None if masks is not None else build_operator(spec, size, phys)
     ys = []
     with torch.no_grad():
@@ -157,7 +160,7 @@ def simulate_file(
                 if shared is not None
                 else build_operator(spec, size, phys, masks=masks[start:stop])
             )
-            ys.append(_simulate(op, noise, x_all[start:stop], seed, start))
+            ys.append(_simulate(op, x_all[start:stop], seed, start))
     y = torch.cat(ys)
     op0 = shared if shared is not None else build_operator(spec, size, phys, masks=masks[:1])
     write_measurement(
@@ -172,7 +175,7 @@ def simulate_file(
         affine=prep.affine,
         angles=_angles_of(op0),
         kernel=getattr(op0, "kernel", None) if spec.name == "deblur" else None,
-        noise=noise.describe(),
+        noise=op0.noise.describe(),
         seed=seed,
         source=name,
     )
@@ -181,16 +184,15 @@ def simulate_file(
     )
 
 
-def _simulate(op, noise, x: torch.Tensor, seed: int, start: int) -> torch.Tensor:
-    """``noise(A x)`` restricted to the measured support (as :func:`luser_cli.physics.simulate`),
-    slice ``i``'s noise drawn from ``item_seed(seed, start + i)``."""
-    out = []
-    clean = op.A(x)
-    for i in range(x.shape[0]):
-        g = torch.Generator().manual_seed(item_seed(seed, start + i))
-        out.append(noise(clean[i : i + 1], g))
-    y = torch.cat(out)
-    return op.restrict(y) if hasattr(op, "restrict") else y
+def _simulate(op: LinearOperator, x: torch.Tensor, seed: int, start: int) -> torch.Tensor:
+    """``restrict(noise(A x))`` with the operator's own noise
+    (:meth:`~luser_cli.operators.base.LinearOperator.measure`): ``x`` ``(B, C, S, S)`` ->
+    ``(B, *measurement_shape)``; slice ``i``'s noise is drawn from
+    ``file_noise_seed(seed, start + i)``."""
+    from luser_cli.physics import seeded_generators
+
+    seeds = [file_noise_seed(seed, start + i) for i in range(x.shape[0])]
+    return op.measure(x, seeded_generators(seeds))
 
 
 def _angles_of(op: Any) -> np.ndarray | None:

@@ -62,15 +62,13 @@ def test_equilibrium_records_probe_only_when_asked(gen):
 
     u = torch.randn(3, 12, generator=gen)
     cfg = EquilibriumConfig(forward=SolverConfig(tol=1e-6, max_iter=80))
-    plain: list[dict] = []
-    equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg, plain)
-    assert "jacobian_spectral_radius" not in plain[0]
-    probed: list[dict] = []
-    z = equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg, probed, probe=30)
-    rho = probed[0]["jacobian_spectral_radius"]
+    _, plain = equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg)
+    assert "jacobian_spectral_radius" not in plain
+    z, probed = equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg, probe=30)
+    rho = probed["jacobian_spectral_radius"]
     assert rho.shape == (3,) and bool((rho > 0).all()) and bool((rho <= 0.5 + 1e-3).all())
     # the probed point is the fixed point: the same z whether probed or not
-    z_plain = equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg, [])
+    z_plain, _ = equilibrium(step, lambda x: x, (u,), [], torch.zeros(3, 12), cfg)
     assert torch.equal(z, z_plain)
 
 
@@ -185,9 +183,9 @@ def test_original_deq4ip_is_expansive_in_training():
 
 def test_anchor_clamps_the_step_and_validates():
     with pytest.raises(ValueError):
-        DEQ4IP(1, 1.0, EquilibriumConfig(), anchor=1.0)
+        DEQ4IP(channels=1, step_scale=1.0, equilibrium=EquilibriumConfig(), anchor=1.0)
     with pytest.raises(ValueError):
-        DEQ4IP(1, 1.0, EquilibriumConfig(), norm="group")
+        DEQ4IP(channels=1, step_scale=1.0, equilibrium=EquilibriumConfig(), norm="group")
 
 
 # -- Anderson's Tikhonov term --------------------------------------------------------------------

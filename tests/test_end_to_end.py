@@ -17,6 +17,7 @@ import torch
 from fixtures.cli import assert_clean_error, run_cli
 from fixtures.files import make_fastmri_file, make_jpg, make_lodopab_pair, make_nifti_volume
 
+from luser_cli.models.data_steps import FBPStep, GradientStep
 from luser_cli.operators.fbp import filtered_back_projection
 from luser_cli.physics import build_noise, build_operator, simulate
 from luser_cli.reconstruct import get_method
@@ -238,9 +239,9 @@ def test_fbp_start_and_data_step_are_trained_stored_and_used_by_reconstruct(
         got = method("ct", op, y)
         want = trained.model(y, op, x0)
         adjoint_start = trained.model(y, op, op.A_adjoint(y) / op.norm_sq())
-        trained.model.ray_weight_power = 0.0
+        trained.model.data_consistency = FBPStep()  # the same step without ray weights
         unweighted = trained.model(y, op, x0)
-        trained.model.data_step = "gradient"
+        trained.model.data_consistency = GradientStep()
         gradient_steps = trained.model(y, op, x0)
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, adjoint_start)

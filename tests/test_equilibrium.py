@@ -12,6 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from luser_cli.solvers import EquilibriumConfig, SolverConfig, equilibrium
 
 F64 = torch.float64
+FIELDS = ("iterations", "residual", "converged", "diverged", "nonfinite")
 TIGHT = EquilibriumConfig(
     forward=SolverConfig(tol=1e-11, max_iter=300),
     backward=SolverConfig(tol=1e-11, max_iter=300),
@@ -65,7 +66,7 @@ def test_implicit_gradient_matches_unrolled(gen):
             forward=SolverConfig(method=method, tol=1e-11, max_iter=300),
             backward=SolverConfig(method=method, tol=1e-11, max_iter=300),
         )
-        z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), cfg)
+        z, _ = equilibrium(step, inject, (x,), params, torch.zeros_like(x), cfg)
         assert z.grad_fn is not None
         got = _grads((z * target).sum(), wrt)
         for g, r in zip(got, ref, strict=True):
@@ -78,7 +79,7 @@ def test_expanded_output_gradient(gen):
     """``loss = z.sum()`` hands the backward a stride-0 (expanded) gradient."""
     step, inject, x, params, _ = _problem(gen)
     ref = _grads(_unrolled(step, inject, x).sum(), [x, *params])
-    z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
+    z, _ = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
     for g, r in zip(_grads(z.sum(), [x, *params]), ref, strict=True):
         assert _compare(g, r)[1] < 1e-7
 
@@ -86,17 +87,15 @@ def test_expanded_output_gradient(gen):
 def test_jfb_is_an_approximation(gen):
     step, inject, x, params, target = _problem(gen)
     wrt = [x, *params]
-    exact = _grads(
-        (equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT) * target).sum(), wrt
-    )
+    z, _ = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
+    exact = _grads((z * target).sum(), wrt)
     cfg = TIGHT.model_copy(update={"backward_mode": "jfb"})
-    record: list = []
-    z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), cfg, record=record)
+    z, info = equilibrium(step, inject, (x,), params, torch.zeros_like(x), cfg)
     jfb = _grads((z * target).sum(), wrt)
     for g, e in zip(jfb, exact, strict=True):
         cos, rel = _compare(g, e)
         assert cos > 0.0 and rel > 0.01, (cos, rel)
-    assert "backward_iterations" not in record[0]  # no backward solve in JFB mode
+    assert "backward_iterations" not in info  # no backward solve in JFB mode
 
 
 def test_gradcheck():
@@ -111,7 +110,7 @@ def test_gradcheck():
     )
 
     def fn(x: Tensor, w: Tensor, v: Tensor) -> Tensor:
-        return equilibrium(
+        z, _ = equilibrium(
             lambda z, u: torch.tanh(z @ w.T + u),
             lambda x: x @ v.T,
             (x,),
@@ -119,6 +118,7 @@ def test_gradcheck():
             torch.zeros_like(x),
             cfg,
         )
+        return z
 
     assert torch.autograd.gradcheck(fn, (x, w, v), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -138,7 +138,7 @@ def test_forward_saves_only_the_fixed_point_and_inputs(gen):
 
         cfg = EquilibriumConfig(forward=SolverConfig(tol=0.0, max_iter=iters))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            z = equilibrium(step, inject2, (x, y), params, torch.zeros_like(x), cfg)
+            z, _ = equilibrium(step, inject2, (x, y), params, torch.zeros_like(x), cfg)
         saved.append(nbytes)
         assert nbytes == 3 * x.numel() * x.element_size()  # z*, x, y
         # the output hangs directly off the Function: nothing else holds the iterates
@@ -170,7 +170,7 @@ def test_keep_graph_same_gradient_more_memory(gen):
 
         cfg = TIGHT.model_copy(update={"graph": graph})
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            z = equilibrium(step, counted_inject, (x,), params, torch.zeros_like(x), cfg)
+            z, _ = equilibrium(step, counted_inject, (x,), params, torch.zeros_like(x), cfg)
         saved[graph] = nbytes
         before = n_inject
         grads[graph] = _grads((z * target).sum(), wrt)
@@ -183,13 +183,14 @@ def test_keep_graph_same_gradient_more_memory(gen):
     assert calls == {"recompute": (1, 1), "keep": (2, 0)}
 
 
-def test_record_stats(gen):
+def test_stats_come_back_as_values(gen):
+    """``(z, info)``: the forward statistics at once; the implicit backward adds its own to the
+    same ``info`` when it runs (they exist only then)."""
     step, inject, x, params, target = _problem(gen, batch=4)
-    record: list = []
-    z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT, record=record)
-    assert len(record) == 1 and "backward_iterations" not in record[0]
+    z, entry = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
+    assert set(entry) == {f"forward_{k}" for k in FIELDS}
     (z * target).sum().backward()
-    entry = record[0]
+    assert set(entry) == {f"{p}_{k}" for p in ("forward", "backward") for k in FIELDS}
     for prefix in ("forward_", "backward_"):
         assert entry[prefix + "iterations"].shape == (4,)
         assert entry[prefix + "iterations"].dtype == torch.int64
@@ -199,9 +200,11 @@ def test_record_stats(gen):
         assert int(entry[prefix + "iterations"].min()) > 1
     # inference: no Function, forward stats only, a plain tensor
     with torch.no_grad():
-        z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT, record=record)
+        z, info = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
     assert z.grad_fn is None and not z.requires_grad
-    assert len(record) == 2 and set(record[1]) == {k for k in entry if k.startswith("forward_")}
+    assert set(info) == {k for k in entry if k.startswith("forward_")}
+    for key in info:
+        torch.testing.assert_close(info[key], entry[key], rtol=0, atol=1e-12)
 
 
 class _Scaled(nn.Module):
@@ -235,7 +238,7 @@ def test_parametrized_weights_get_gradients():
     target = torch.randn(2, 2, 5, 5, dtype=F64)
     wrt = [x, *params]
     ref = _grads((_unrolled(step, inject, x) * target).sum(), wrt)
-    z = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
+    z, _ = equilibrium(step, inject, (x,), params, torch.zeros_like(x), TIGHT)
     (z * target).sum().backward()
     got = [x.grad, *(p.grad for p in params)]
     for g, r in zip(got, ref, strict=True):
@@ -246,7 +249,7 @@ def test_parametrized_weights_get_gradients():
 
 def test_undeclared_parameter_is_an_error(gen):
     step, inject, x, params, target = _problem(gen)
-    z = equilibrium(step, inject, (x,), params[:2], torch.zeros_like(x), TIGHT)  # c missing
+    z, _ = equilibrium(step, inject, (x,), params[:2], torch.zeros_like(x), TIGHT)  # c missing
     try:
         (z * target).sum().backward()
     except RuntimeError as err:
@@ -268,7 +271,7 @@ def test_shared_weights_across_stages_accumulate(gen):
     ref = _grads(run(lambda xk: _unrolled(step, inject, xk, n=50)), [x, *params])
     for t in (x, *params):
         t.grad = None
-    loss = run(lambda xk: equilibrium(step, inject, (xk,), params, torch.zeros_like(xk), TIGHT))
+    loss = run(lambda xk: equilibrium(step, inject, (xk,), params, torch.zeros_like(xk), TIGHT)[0])
     loss.backward()
     for t, r in zip((x, *params), ref, strict=True):
         cos, rel = _compare(t.grad, r)
@@ -279,7 +282,7 @@ def test_inputs_not_requiring_grad_and_frozen_params(gen):
     step, inject, x, params, target = _problem(gen)
     w, v, c = params
     x_plain = x.detach()
-    z = equilibrium(step, inject, (x_plain,), params, torch.zeros_like(x), TIGHT)
+    z, _ = equilibrium(step, inject, (x_plain,), params, torch.zeros_like(x), TIGHT)
     gw, gv, gc = _grads((z * target).sum(), [w, v, c])
     ref = _grads((_unrolled(step, inject, x_plain) * target).sum(), [w, v, c])
     for g, r in zip((gw, gv, gc), ref, strict=True):
@@ -290,7 +293,7 @@ def test_inputs_not_requiring_grad_and_frozen_params(gen):
         lambda z, u: torch.tanh(F.conv2d(z, frozen[0], padding=1) + u),
         lambda x: F.conv2d(x, frozen[1], padding=1) + frozen[2],
     )
-    z = equilibrium(step2, inject2, (x,), [], torch.zeros_like(x), TIGHT)
+    z, _ = equilibrium(step2, inject2, (x,), [], torch.zeros_like(x), TIGHT)
     (gx,) = _grads((z * target).sum(), [x])
     (rx,) = _grads((_unrolled(step2, inject2, x) * target).sum(), [x])
     assert _compare(gx, rx)[1] < 1e-7
@@ -300,7 +303,6 @@ def test_fake_tensor_forward_and_backward():
     cfg = EquilibriumConfig(
         forward=SolverConfig(max_iter=4), backward=SolverConfig(max_iter=3)
     ).with_fixed_iterations()
-    record: list = []
     with FakeTensorMode():
         conv_w = spectral_norm(nn.Conv2d(8, 8, 3, padding=1))
         conv_v = nn.Conv2d(3, 8, 3, padding=1)
@@ -308,7 +310,7 @@ def test_fake_tensor_forward_and_backward():
         step, inject = _conv_problem(conv_w, conv_v)
         params = [*conv_w.parameters(), *conv_v.parameters()]
         d = torch.randn(4, 3, 16, 16, requires_grad=True)
-        z = equilibrium(step, inject, (d,), params, torch.zeros(4, 8, 16, 16), cfg, record=record)
+        z, info = equilibrium(step, inject, (d,), params, torch.zeros(4, 8, 16, 16), cfg)
         assert z.shape == (4, 8, 16, 16)
         loss = head(z).square().mean()
         loss.backward()
@@ -316,4 +318,4 @@ def test_fake_tensor_forward_and_backward():
         for p in params:
             assert p.grad is not None and p.grad.shape == p.shape
         for key in ("forward_iterations", "forward_residual", "backward_iterations"):
-            assert record[0][key].shape == (4,)
+            assert info[key].shape == (4,)

@@ -139,8 +139,8 @@ def _real_step_peak(
     model = build_training_model(
         preset,
         model_name,
-        1.0 / maker.norm_sq(),
-        sim_oracle_mod.sim_equilibrium(preset.solver, iterations),
+        step_scale=1.0 / maker.norm_sq(),
+        equilibrium=sim_oracle_mod.sim_equilibrium(preset.solver, iterations),
     )
     model.train()
     opt = build_optimizer(model, preset.train)

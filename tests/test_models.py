@@ -7,6 +7,13 @@ import math
 import pytest
 import torch
 
+from luser_cli.models.data_steps import (
+    FBPStep,
+    GradientStep,
+    build_data_step,
+    count_weights,
+    data_step_from_physics,
+)
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.registry import MODEL_NAMES, build_model, count_parameters
 from luser_cli.models.shallow_block import ShallowEquilibriumBlock
@@ -76,7 +83,12 @@ def test_tiny_lu_dncnn_gradcheck_end_to_end() -> None:
 
     op, _, y, x0 = _problem("deblur", size=6, batch=1, dtype=torch.float64)
     torch.manual_seed(0)
-    model = LoopUnrolled("lu-dncnn", [DnCNN(3, features=4, depth=3)], 2, 1.0 / op.norm_sq())
+    model = LoopUnrolled(
+        name="lu-dncnn",
+        prox=[DnCNN(3, features=4, depth=3)],
+        stages=2,
+        step_scale=1.0 / op.norm_sq(),
+    )
     model = model.double().eval()
     x_init = x0.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda xi: model(y, op, xi), (x_init,), eps=1e-6, atol=1e-5)
@@ -97,7 +109,7 @@ def test_implicit_gradient_of_shallow_block_matches_unrolled_backprop() -> None:
     params = list(block.parameters())
     target = torch.rand_like(d)
 
-    r = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), cfg)
+    r, _ = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), cfg)
     loss = ((d + r - target) ** 2).sum()
     implicit = torch.autograd.grad(loss, [d, *params])
 
@@ -115,7 +127,7 @@ def test_implicit_gradient_of_shallow_block_matches_unrolled_backprop() -> None:
     assert (a - b).norm() / b.norm() <= 1e-3
 
     jfb_cfg = EquilibriumConfig(forward=tight, backward=tight, backward_mode="jfb")
-    r_jfb = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), jfb_cfg)
+    r_jfb, _ = equilibrium(block.step, block.injection, (d,), params, torch.zeros_like(d), jfb_cfg)
     jfb = torch.autograd.grad(((d + r_jfb - target) ** 2).sum(), [d, *params])
     c = torch.cat([g.flatten() for g in jfb])
     assert (c - b).norm() / b.norm() > 1e-3  # JFB is an approximation, and measurably so
@@ -131,6 +143,8 @@ def test_records_report_iterations_residuals_and_backward(name: str) -> None:
     out = model(y, op, x0)
     stages = 1 if name == "deq4ip" else 8
     assert len(model.records) == stages
+    assert [rec["stage"] for rec in model.records] == list(range(stages))
+    assert not any("jacobian_spectral_radius" in rec for rec in model.records)
     for rec in model.records:
         assert rec["forward_iterations"].shape == (2,)
         assert bool((rec["forward_iterations"] >= 1).all())
@@ -145,6 +159,13 @@ def test_records_report_iterations_residuals_and_backward(name: str) -> None:
     for rec in model.records:
         assert rec["backward_iterations"].shape == (2,)
         assert "backward_residual" in rec
+    model.jacobian_probe = 2  # reaches every equilibrium (LUSER: each block)
+    with torch.no_grad():
+        model(y, op, x0)
+    assert len(model.records) == stages
+    for rec in model.records:
+        assert rec["jacobian_spectral_radius"].shape == (2,)
+        assert "backward_iterations" not in rec
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -174,8 +195,9 @@ def test_fbp_data_step_is_a_filtered_back_projection_of_the_residual(name: str) 
 
     op, _, y, x0 = _problem("ct")
     scale = 1.0 / float(op.norm_sq())
-    fbp = build_model(name, "ct", step_scale=scale, data_step="fbp")
+    fbp = build_model(name, "ct", step_scale=scale, data_consistency=FBPStep())
     grad = build_model(name, "ct", step_scale=scale)
+    assert (fbp.data_step, grad.data_step) == ("fbp", "gradient")
     grad.load_state_dict(fbp.state_dict())
     with torch.no_grad():
         fbp.step.fill_(0.7)
@@ -183,9 +205,10 @@ def test_fbp_data_step_is_a_filtered_back_projection_of_the_residual(name: str) 
         r = y - op.A(x0)
         want_fbp = x0 + 0.7 * filtered_back_projection(op, r, filter="hann")
         want_grad = x0 + 0.7 * scale * op.A_adjoint(r)
-        assert fbp.ray_weights(y) is None and grad.ray_weights(y) is None
-        torch.testing.assert_close(fbp.gradient_step(x0, y, op, None), want_fbp)
-        torch.testing.assert_close(grad.gradient_step(x0, y, op, None), want_grad)
+        fbp_step, grad_step = fbp.data_consistency, grad.data_consistency
+        assert fbp_step.ray_weights(y) is None and grad_step.ray_weights(y) is None
+        torch.testing.assert_close(fbp_step(x0, y, op, fbp.step, fbp.step_scale), want_fbp)
+        torch.testing.assert_close(grad_step(x0, y, op, grad.step, grad.step_scale), want_grad)
         fbp.eval()
         grad.eval()
         assert not torch.allclose(fbp(y, op, x0), grad(y, op, x0))
@@ -195,12 +218,11 @@ def test_fbp_data_step_is_a_filtered_back_projection_of_the_residual(name: str) 
     assert fbp.step.grad is not None and torch.isfinite(fbp.step.grad)
     mri_op, _, mri_y, mri_x0 = _problem("mri4x")
     with pytest.raises(ConfigError, match="FBP needs a parallel-beam Radon operator"):
-        build_model(name, "mri4x", step_scale=1.0, data_step="fbp")(mri_y, mri_op, mri_x0)
+        model = build_model(name, "mri4x", step_scale=1.0, data_consistency=FBPStep())
+        model(mri_y, mri_op, mri_x0)
 
 
 def test_count_weights_are_relative_photon_counts_with_mean_one() -> None:
-    from luser_cli.models.unrolled import count_weights
-
     y = torch.rand(2, 1, 5, 7, dtype=torch.float64) * 0.05
     y[0, 0, 0, 0] = -0.01  # noise can make a post-log value negative: clamped to 0
     y.requires_grad_(True)
@@ -221,17 +243,16 @@ def test_count_weights_are_relative_photon_counts_with_mean_one() -> None:
 def test_weighted_data_step_back_projects_the_weighted_residual(name: str) -> None:
     """``ray_weight_power``: ``d = x + step B (W (y - A x))`` with the count weights of ``y``,
     the same parameters, and the unweighted model unchanged."""
-    from luser_cli.models.unrolled import count_weights
     from luser_cli.operators.fbp import filtered_back_projection
 
     op, _, y, x0 = _problem("ct")
     scale = 1.0 / float(op.norm_sq())
     mu = 81.35858
-    plain = build_model(name, "ct", step_scale=scale, data_step="fbp")
+    plain = build_model(name, "ct", step_scale=scale, data_consistency=FBPStep())
     for power in (0.5, 1.0):
-        weighted = build_model(
-            name, "ct", step_scale=scale, data_step="fbp", ray_weight_power=power, mu_max=mu
-        )
+        data = build_data_step("fbp", ray_weight_power=power, mu_max=mu)
+        weighted = build_model(name, "ct", step_scale=scale, data_consistency=data)
+        assert (weighted.ray_weight_power, weighted.mu_max) == (power, mu)
         assert count_parameters(weighted) == count_parameters(plain)
         weighted.load_state_dict(plain.state_dict())  # no new parameters or buffers
         with torch.no_grad():
@@ -240,11 +261,14 @@ def test_weighted_data_step_back_projects_the_weighted_residual(name: str) -> No
             r = y - op.A(x0)
             w = count_weights(y, mu, power)
             want = x0 + 0.7 * filtered_back_projection(op, w * r, filter="hann")
-            torch.testing.assert_close(weighted.ray_weights(y), w)
-            torch.testing.assert_close(weighted.gradient_step(x0, y, op, w), want)
+            torch.testing.assert_close(data.ray_weights(y), w)
+            torch.testing.assert_close(data(x0, y, op, weighted.step, weighted.step_scale, w), want)
             want_plain = x0 + 0.7 * filtered_back_projection(op, r, filter="hann")
-            assert plain.ray_weights(y) is None
-            torch.testing.assert_close(plain.gradient_step(x0, y, op, None), want_plain)
+            plain_step = plain.data_consistency
+            assert plain_step.ray_weights(y) is None
+            torch.testing.assert_close(
+                plain_step(x0, y, op, plain.step, plain.step_scale), want_plain
+            )
             weighted.eval()
             plain.eval()
             assert not torch.allclose(weighted(y, op, x0), plain(y, op, x0))
@@ -252,7 +276,54 @@ def test_weighted_data_step_back_projects_the_weighted_residual(name: str) -> No
         weighted(y, op, x0).square().sum().backward()
         assert weighted.step.grad is not None and torch.isfinite(weighted.step.grad)
     with pytest.raises(ValueError, match="need the data's mu_max"):
-        build_model(name, "ct", step_scale=scale, ray_weight_power=0.5)
+        build_data_step("gradient", ray_weight_power=0.5)
+
+
+def test_data_steps_are_built_once_from_the_physics() -> None:
+    """``data_step_from_physics``: CT's ``mu_max`` goes to the ray weights; other tasks have no
+    photon counts to weight by; the modules hold no state (same state dict for every step)."""
+    from luser_cli.physics import resolve_physics
+
+    ct = resolve_physics("ct", {"mu_max": 50.0})
+    weighted = data_step_from_physics("fbp", ct, 0.5)
+    assert isinstance(weighted, FBPStep) and weighted.weights is not None
+    assert (weighted.weights.mu_max, weighted.ray_weight_power) == (50.0, 0.5)
+    plain = data_step_from_physics("gradient", resolve_physics("mri4x"))
+    assert isinstance(plain, GradientStep) and plain.weights is None
+    with pytest.raises(ValueError, match="need the data's mu_max"):
+        data_step_from_physics("gradient", resolve_physics("mri4x"), 0.5)
+    with pytest.raises(ValueError, match="data_step must be one of"):
+        build_data_step("newton")
+    with pytest.raises(ValueError, match=r"ray_weight_power must be in \[0, 1\]"):
+        build_data_step("fbp", ray_weight_power=2.0, mu_max=1.0)
+    for step in (weighted, plain):
+        assert not list(step.parameters()) and not list(step.buffers())
+        assert step.state_dict() == {}
+    keys = {
+        kind: list(build_model("luser-sw", "ct", step_scale=1.0, data_consistency=s).state_dict())
+        for kind, s in (("plain", GradientStep()), ("weighted", weighted))
+    }
+    assert keys["plain"] == keys["weighted"]
+
+
+def test_models_are_built_with_keywords_and_every_prox_is_called_alike() -> None:
+    """Constructors take keyword arguments; the shallow block owns its solver settings, so the
+    loop calls every prox as ``prox(d)``; the block returns ``(r, info)``."""
+    from luser_cli.models.deq4ip import DEQ4IP
+
+    with pytest.raises(TypeError):
+        LoopUnrolled("lu-dncnn", [DnCNN(1)], 8, 1.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        DEQ4IP(1, 1.0, EquilibriumConfig())  # type: ignore[misc]
+    cfg = EquilibriumConfig(forward=SolverConfig(max_iter=7, tol=0.0))
+    model = build_model("luser-sw", "ct", step_scale=1.0, equilibrium=cfg)
+    (block,) = model.prox
+    assert block.equilibrium == cfg
+    r, info = block(torch.rand(2, 1, 8, 8))
+    assert r.shape == (2, 1, 8, 8)
+    assert bool((info["forward_iterations"] == 7).all())
+    assert not build_model("lu-dncnn", "ct", step_scale=1.0).is_equilibrium()
+    assert model.is_equilibrium()
 
 
 def test_ray_weights_are_refused_outside_ct_and_outside_0_to_1() -> None:

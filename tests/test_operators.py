@@ -18,12 +18,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from luser_cli.errors import ConfigError, InputError
 from luser_cli.memprobe.radon_stand_in import RadonStandIn, measure_scratch
-from luser_cli.operators.base import LinearOperator, dot
+from luser_cli.operators.base import LinearOperator, dot, power_iteration
 from luser_cli.operators.blur import GaussianBlur, gaussian_kernel
 from luser_cli.operators.masks import random_column_mask
 from luser_cli.operators.mri import MaskedFourier
+from luser_cli.operators.noise import NoiseModel
 from luser_cli.operators.radon import CTGeometry
-from luser_cli.physics import build_operator
+from luser_cli.physics import build_noise, build_operator
 
 #: The memory probe's CT operator (``luser memprobe --backend sim``): the task's Radon
 #: transform on real tensors, a shape-and-memory double on fake ones.
@@ -93,13 +94,73 @@ def randn(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64)
 @pytest.mark.parametrize(("task", "size", "kspace"), CASES, ids=IDS)
 def test_adjointness(task: str, size: int, kspace: tuple[int, int] | None) -> None:
     op = make_op(task, size, kspace)
-    x = randn((3, *op.image_shape), 1)
-    y = randn((3, *op.measurement_shape()), 2)
-    ax = op.A(x)
-    lhs, rhs = dot(ax, y), dot(x, op.A_adjoint(y))
-    scale = ax.flatten(1).norm(dim=1) * y.flatten(1).norm(dim=1)
-    assert torch.all((lhs - rhs).abs() <= 1e-6 * scale), (lhs, rhs)
-    assert torch.all((lhs - rhs).abs() <= 1e-6 * lhs.abs().clamp_min(1e-3 * scale))
+    # |<Ax, y> - <x, A^T y>| <= 1e-6 max(|<Ax, y>|, 1e-3 ||Ax|| ||y||) for every item
+    assert op.adjointness_test(torch.Generator().manual_seed(1), batch=3) <= 1e-6
+    assert (op.calls_A, op.calls_A_adjoint) == (0, 0)  # a check, not counted
+
+
+@pytest.mark.parametrize(("task", "size", "kspace"), CASES, ids=IDS)
+def test_measure_is_restrict_of_noise_of_A(
+    task: str, size: int, kspace: tuple[int, int] | None
+) -> None:
+    op = make_op(task, size, kspace)
+    if task != STAND_IN:  # build_operator gives the operator its task's noise
+        assert op.noise.describe() == build_noise(task).describe()
+    x = randn((3, *op.image_shape), 18).abs()
+    # one generator: one draw for the batch, bit for bit the hand composition
+    y = op.measure(x, torch.Generator().manual_seed(5))
+    assert (op.calls_A, op.calls_A_adjoint) == (1, 0)
+    ref = op.restrict(op.noise(op.A(x), torch.Generator().manual_seed(5)))
+    assert y.shape == (3, *op.measurement_shape()) and torch.equal(y, ref)
+    # one generator per item: each item's noise from its own seed, whatever the batching
+    seeds = [21, 22, 23]
+    y = op.measure(x, [torch.Generator().manual_seed(s) for s in seeds])
+    parts = [
+        op.measure(x[i : i + 1], torch.Generator().manual_seed(s)) for i, s in enumerate(seeds)
+    ]
+    assert torch.equal(y, torch.cat(parts))
+    with pytest.raises(InputError, match="2 generators for a batch of 3"):
+        op.measure(x, [torch.Generator(), torch.Generator()])
+    # another noise model for one call; noise-free is restrict(A x)
+    assert torch.equal(op.measure(x, noise=NoiseModel()), op.restrict(op.A(x)))
+    if not isinstance(op, MaskedFourier):
+        assert op.restrict(y) is y  # the identity but for MRI
+
+
+def test_power_iteration_stopping_rules() -> None:
+    diag = torch.linspace(0.1, 2.0, 12, dtype=torch.float64).view(1, 1, 3, 4)
+    calls = []
+
+    def normal(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.dtype)
+        return diag.to(x.dtype) * x
+
+    value = power_iteration(normal, (1, 3, 4), iterations=200, seed=3)
+    assert len(calls) == 200 and value == pytest.approx(2.0, rel=1e-9)
+    calls.clear()
+    stopped = power_iteration(normal, (1, 3, 4), iterations=200, seed=3, rtol=1e-9)
+    assert 1 < len(calls) < 200 and stopped == pytest.approx(2.0, rel=1e-7)
+    calls.clear()  # applied in ``dtype``, iterate kept in ``iterate_dtype``
+    power_iteration(
+        normal, (1, 3, 4), iterations=3, dtype=torch.float32, iterate_dtype=torch.float64
+    )
+    assert calls == [torch.float32] * 3
+    # LinearOperator.norm_sq is this function: all steps, float64 iterate, buffers' dtype
+    op = make_op("mri4x", 16, (24, 22))
+    expected = power_iteration(
+        op.AtA, op.image_shape, iterations=7, seed=2, iterate_dtype=torch.float64
+    )
+    assert LinearOperator.norm_sq(op, iterations=7, seed=2) == expected
+
+
+def test_adjointness_test_catches_a_wrong_adjoint() -> None:
+    class Skewed(GaussianBlur):
+        def _A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+            return 1.01 * super()._A_adjoint(y)
+
+    op = Skewed((1, 12, 12), gaussian_kernel(5, 2.0))
+    assert op.adjointness_test(torch.Generator().manual_seed(0)) == pytest.approx(0.01, rel=1e-6)
+    assert GaussianBlur((1, 12, 12), gaussian_kernel(5, 2.0)).adjointness_test() < 1e-12
 
 
 @pytest.mark.parametrize(("task", "size", "kspace"), TINY, ids=TINY_IDS)

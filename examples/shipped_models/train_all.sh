@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-train the four models shipped in luser_cli/shipped/ from scratch and export them with
-# their model cards. The four runs go in parallel, one thread each (2-core machine: about
-# 2 hours in all next to other work). Usage, from the repository root:
+# their model cards. The four first runs go in parallel, one thread each (2-core machine: about
+# 2 hours next to other work), then the MRI fine-tunes at 128 px (about 2 more hours).
+# Usage, from the repository root:
 #
 #   bash examples/shipped_models/train_all.sh [RUNS_DIR]
 #
@@ -23,9 +24,19 @@ done
 # Deblurring: the built-in RGB photo patches; lr 2e-3.
 luser train --task deblur "${common[@]}" --lr 2e-3 --out "$runs/deblur" > "$runs/deblur.log" 2>&1 &
 wait
-# MRI 8x: fine-tuned at 128 px from the 64 px run (the best checkpoint, at step 45, ships).
-luser train --task mri8x --model luser-dw --image-size 128 --steps 90 --batch-size 4 \
-  --loss psnr --scheduler wsd --lr 1e-3 --warmup-steps 5 --fp-tol 0.01 --bwd-tol 0.01 \
-  --save-every 15 --val-every 45 --threads 1 --seed 1 --builtin mix --random-phase \
-  --init "$runs/mri8x" --out "$runs/mri8x-128" --no-progress > "$runs/mri8x-128.log" 2>&1
+# MRI 8x: fine-tuned at 128 px from the 64 px run (best checkpoint: step 45).
+mri128=(--model luser-dw --image-size 128 --batch-size 4 --loss psnr --scheduler wsd --lr 1e-3
+        --fp-tol 0.01 --bwd-tol 0.01 --threads 1 --random-phase --no-progress)
+luser train --task mri8x "${mri128[@]}" --steps 90 --warmup-steps 5 --save-every 15 \
+  --val-every 45 --seed 1 --builtin mix --init "$runs/mri8x" --out "$runs/mri8x-128" \
+  > "$runs/mri8x-128.log" 2>&1
+# Both MRI models: fine-tuned at 128 px on photos, real MR slices (nibabel / pydicom example
+# files) and ellipses, from the best checkpoint before (the best of each run ships).
+luser train --task mri4x "${mri128[@]}" --steps 120 --warmup-steps 10 --save-every 20 \
+  --val-every 40 --seed 3 --builtin mix-scans --init "$runs/mri4x" --out "$runs/mri4x-128" \
+  > "$runs/mri4x-128.log" 2>&1 &
+luser train --task mri8x "${mri128[@]}" --steps 200 --warmup-steps 10 --save-every 20 \
+  --val-every 40 --seed 3 --builtin mix-scans --init "$runs/mri8x-128" \
+  --out "$runs/mri8x-128b" > "$runs/mri8x-128b.log" 2>&1 &
+wait
 python examples/shipped_models/export.py "$runs"

@@ -98,7 +98,8 @@ class CudaOracle:
         preset = self.preset
         torch.cuda.set_per_process_memory_fraction(1.0, self.device)
         maker = BatchMaker.for_preset(preset, self.device)
-        model = build_training_model(preset, self.model_name, 1.0 / maker.norm_sq()).to(self.device)
+        model = build_training_model(preset, self.model_name, step_scale=1.0 / maker.norm_sq())
+        model = model.to(self.device)
         model.train()
         optimizer = build_optimizer(model, preset.train)
         prime_optimizer(model, optimizer)

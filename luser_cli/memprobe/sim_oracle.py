@@ -233,7 +233,9 @@ class SimOracle:
         mri = isinstance(preset.physics_model(), MRIPhysics)
         # Built on real tensors, then made fake: the same modules and shapes, but spectral
         # norm's 15 initial power iterations per convolution take seconds on fake tensors.
-        model = build_training_model(preset, self.model_name, step_scale, self.equilibrium)
+        model = build_training_model(
+            preset, self.model_name, step_scale=step_scale, equilibrium=self.equilibrium
+        )
         mode = FakeTensorMode()
         tracker = StorageTracker(self.allowance.block_bytes)
         with mode, tracker:
@@ -299,9 +301,7 @@ class SimOracle:
             op = self._operator(batch, masks)
             x = torch.rand(batch, channels, size, size)
             with torch.no_grad():
-                y = op.A(x)
-                if hasattr(op, "restrict"):
-                    y = op.restrict(y)
+                y = op.restrict(op.A(x))  # noise-free: noisy y has the same shape
                 x0 = initial_estimate(self.task, op, y, self.preset.model.initial)
             data = Batch(x=x, y=y, x0=x0, op=op)
             del x, y, x0

@@ -40,9 +40,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from luser_cli.models.data_steps import DataConsistency
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.spectral_norm import power_iteration_
-from luser_cli.models.unrolled import DataStep, ReconstructionModel, conv_layout
+from luser_cli.models.unrolled import ReconstructionModel, conv_layout
 from luser_cli.operators.base import LinearOperator
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.solvers.equilibrium import equilibrium
@@ -68,16 +69,15 @@ class DEQ4IP(ReconstructionModel):
 
     def __init__(
         self,
+        *,
         channels: int,
         step_scale: float,
         equilibrium: EquilibriumConfig,
-        data_step: DataStep = "gradient",
-        ray_weight_power: float = 0.0,
-        mu_max: float | None = None,
+        data_consistency: DataConsistency | None = None,
         norm: str = "batch",
         anchor: float = 0.0,
     ) -> None:
-        super().__init__(step_scale, data_step, ray_weight_power, mu_max)
+        super().__init__(step_scale=step_scale, data_consistency=data_consistency)
         if norm not in ("batch", "fixed"):
             raise ValueError(f"norm must be batch or fixed, got {norm!r}")
         if not 0.0 <= anchor < 1.0:
@@ -110,31 +110,32 @@ class DEQ4IP(ReconstructionModel):
 
         # B W y is injected once; each iteration then needs B W A x only (B = step_scale A^T or
         # FBP; W the ray weights of y, fixed during the solve).
-        weights = self.ray_weights(y)
+        data = self.data_consistency
+        weights = data.ray_weights(y)
 
-        def inject(y_: Tensor) -> Tensor:
-            return self.back_project(y_, op, weights)
+        def back_project(residual: Tensor) -> Tensor:
+            return data.back_project(residual, op, self.step_scale, weights)
 
         mu = self.anchor
         anchor_point = x0.detach()
 
         def step(x: Tensor, by: Tensor) -> Tensor:
             if not mu:
-                d = conv_layout(x + self.step * (by - self.back_project(op.A(x), op, weights)))
+                d = conv_layout(x + self.step * (by - back_project(op.A(x))))
                 return d + self.prox(d)
             lam = self.step.clamp(0.0, 2.0 / (1.0 + mu))
-            r = by - self.back_project(op.A(x), op, weights) - mu * (x - anchor_point)
+            r = by - back_project(op.A(x)) - mu * (x - anchor_point)
             d = conv_layout(x + lam * r)
             return d + self.prox(d)
 
         params = [p for p in self.parameters() if p.requires_grad]
         with frozen_batchnorm_stats(self.prox):
-            x = equilibrium(
-                step, inject, (y,), params, x0, self.equilibrium, self.records, self.jacobian_probe
+            x, info = equilibrium(
+                step, back_project, (y,), params, x0, self.equilibrium, probe=self.jacobian_probe
             )
-        for rec in self.records:
-            rec["stage"] = 0
+        info["stage"] = 0
+        self.records = [info]
         if self.training and self.norm == "batch":
             with torch.no_grad():  # one application to move the BatchNorm running statistics
-                self.prox(self.gradient_step(x, y, op, weights))
+                self.prox(data(x, y, op, self.step, self.step_scale, weights))
         return (x, [x]) if return_intermediates else x

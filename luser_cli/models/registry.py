@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from luser_cli.errors import ConfigError
+from luser_cli.models.data_steps import DataConsistency, GradientStep
 from luser_cli.models.deq4ip import DEQ4IP
 from luser_cli.models.dncnn import DnCNN
 from luser_cli.models.shallow_block import ShallowEquilibriumBlock
-from luser_cli.models.unrolled import DataStep, LoopUnrolled, ReconstructionModel
+from luser_cli.models.unrolled import LoopUnrolled, ReconstructionModel
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import get_task
 
@@ -40,41 +41,45 @@ def build_model(
     step_scale: float,
     stages: int = 8,
     equilibrium: EquilibriumConfig | None = None,
-    data_step: DataStep = "gradient",
-    ray_weight_power: float = 0.0,
-    mu_max: float | None = None,
+    data_consistency: DataConsistency | None = None,
     deq4ip_norm: str = "batch",
     deq4ip_anchor: float = 0.0,
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
     ``step_scale`` is ``1 / ||A||^2`` of the task operator at the training image size;
-    ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None);
-    ``data_step`` the stages' data-consistency step and ``ray_weight_power`` its per-ray weights
-    (``mu_max``: the CT data's attenuation scale), see :mod:`luser_cli.models.unrolled`;
-    ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`).
+    ``equilibrium`` holds the fixed-point solver settings of the DEQ models (defaults if None;
+    each shallow block owns them); ``data_consistency`` the stages' data-consistency step, a
+    module of :mod:`luser_cli.models.data_steps` built from the physics
+    (:func:`~luser_cli.models.data_steps.data_step_from_physics`; the paper's gradient step if
+    None); ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`).
     """
     check_model_name(name)
     channels = get_task(task).channels
     eq = equilibrium if equilibrium is not None else EquilibriumConfig()
+    data = data_consistency if data_consistency is not None else GradientStep()
     if name == "lu-dncnn":
         return LoopUnrolled(
-            name, [DnCNN(channels)], stages, step_scale, None, data_step, ray_weight_power, mu_max
+            name=name,
+            prox=[DnCNN(channels)],
+            stages=stages,
+            step_scale=step_scale,
+            data_consistency=data,
         )
     if name == "deq4ip":
         return DEQ4IP(
-            channels,
-            step_scale,
-            eq,
-            data_step,
-            ray_weight_power,
-            mu_max,
+            channels=channels,
+            step_scale=step_scale,
+            equilibrium=eq,
+            data_consistency=data,
             norm=deq4ip_norm,
             anchor=deq4ip_anchor,
         )
     blocks = 1 if name == "luser-sw" else stages
-    prox: list[nn.Module] = [ShallowEquilibriumBlock(channels) for _ in range(blocks)]
-    return LoopUnrolled(name, prox, stages, step_scale, eq, data_step, ray_weight_power, mu_max)
+    prox = [ShallowEquilibriumBlock(channels, equilibrium=eq) for _ in range(blocks)]
+    return LoopUnrolled(
+        name=name, prox=prox, stages=stages, step_scale=step_scale, data_consistency=data
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,6 +8,10 @@ For a stage input ``d`` (``(B, C, H, W)``)::
     Mix  = SN conv 64->64, GN, LReLU, SN conv 64->64, GN, LReLU, SN conv 64->C
 
 and the stage output is ``d + r*`` (the skip connection; the block learns the residual).
+
+The block owns its solver settings (``equilibrium``, an :class:`EquilibriumConfig`), so the
+unrolled loop calls it like any prox, ``block(d)``; it returns ``(r*, info)``, the solver
+statistics of the solve as values (:func:`luser_cli.solvers.equilibrium.equilibrium`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 from luser_cli.models.spectral_norm import power_iteration_, sn_conv
 from luser_cli.models.unrolled import conv_layout
 from luser_cli.solvers.config import EquilibriumConfig
-from luser_cli.solvers.equilibrium import equilibrium
+from luser_cli.solvers.equilibrium import SolveInfo, equilibrium
 
 DATA_GROUPS = 8  # GroupNorm groups in the data layer (4 channels each)
 SLOPE = 0.1
@@ -89,10 +93,18 @@ def _act() -> nn.LeakyReLU:
 
 
 class ShallowEquilibriumBlock(nn.Module):
-    """Learned proximal update of one LUSER stage: ``d -> r*`` (the residual, same shape as d)."""
+    """Learned proximal update of one LUSER stage: ``d -> (r*, info)`` (``r*`` the residual,
+    same shape as d; ``info`` its solve's statistics), solved with the settings ``equilibrium``
+    (defaults if None). ``jacobian_probe``: power iterations of the Jacobian estimate added to
+    ``info`` (0: none; diagnostics)."""
 
-    def __init__(self, channels: int, features: int = 32) -> None:
+    def __init__(
+        self, channels: int, features: int = 32, *, equilibrium: EquilibriumConfig | None = None
+    ) -> None:
         super().__init__()
+        #: Solver settings of the fixed point (plain attribute: not in the state dict).
+        self.equilibrium = equilibrium if equilibrium is not None else EquilibriumConfig()
+        self.jacobian_probe = 0
         f, f2 = features, 2 * features
         self.inject = nn.Sequential(sn_conv(channels, f), _act(), sn_conv(f, f), _act())
         self.data = nn.Sequential(
@@ -177,18 +189,15 @@ class ShallowEquilibriumBlock(nn.Module):
         # Under autocast the convolutions run in bf16; the fixed-point state stays in r's dtype.
         return h.to(r.dtype)
 
-    def forward(
-        self, d: Tensor, cfg: EquilibriumConfig, record: list | None = None, probe: int = 0
-    ) -> Tensor:
-        """Solve for the residual ``r*`` of stage input ``d`` (``(B, C, H, W)``); ``probe``:
-        power iterations of the Jacobian estimate recorded in ``record`` (0: none)."""
+    def forward(self, d: Tensor) -> tuple[Tensor, SolveInfo]:
+        """Solve for the residual ``r*`` of stage input ``d`` (``(B, C, H, W)``); returns
+        ``(r*, info)``."""
         return equilibrium(
             self.step,
             self.injection,
             (d,),
             [p for p in self.parameters() if p.requires_grad],
             d.new_zeros(d.shape),
-            cfg,
-            record,
-            probe,
+            self.equilibrium,
+            probe=self.jacobian_probe,
         )

@@ -2,55 +2,46 @@
 
 K stages from the initial estimate ``x0``::
 
-    d_k     = x_k + step * B (y - A x_k)       # data-consistency step
+    d_k     = x_k + step * B W (y - A x_k)     # data-consistency step
     x_{k+1} = d_k + prox_k(d_k)                # learned residual update
 
-``step`` is the one learnable scalar (initialised to 1). ``B`` maps a measurement residual to
-the image, chosen by ``data_step``:
+The data step is a module chosen once at construction (:mod:`luser_cli.models.data_steps`:
+``B`` = the gradient's ``A^T / ||A||^2`` or CT's filtered back-projection, ``W`` the optional
+per-ray count weights); ``step`` (the one learnable scalar, initialised to 1) and ``step_scale``
+(the fixed buffer ``1 / ||A||^2``) are the model's, where checkpoints hold them.
 
-* ``gradient`` (the paper's): ``B = step_scale * A^T``, a gradient step on ``1/2 ||A x - y||^2``;
-  ``step_scale`` is the fixed buffer ``1 / ||A||^2``, so ``step`` is dimensionless whatever the
-  operator's units;
-* ``fbp`` (CT only): ``B`` = the Hann filtered back-projection, a preconditioned step
-  (``B A ~ I`` on the image's frequencies, where ``A^T A`` damps high frequencies by ``1/|nu|``
-  and a plain gradient step barely moves them). Same operator calls per stage (one ``A``, one
-  ``A^T``) plus an FFT of the residual sinogram; measured on CT at 64 px it gains 0.4-0.5 dB at
-  equal training steps (``examples/quality-bars.md``).
-
-``ray_weight_power`` ``p`` (CT only) weights each ray of the residual ``y - A x`` before ``B``
-by its statistical reliability. Post-log Poisson data of a ray with ``N`` detected photons have
-variance ``~ 1 / N``, and ``N / N0 = exp(-mu_max y)`` is known from the measurement itself (as in
-penalised weighted least squares); at LoDoPaB's dose the counts of one sinogram span a factor of
-several hundred, so the rays through the densest parts carry most of the noise. ``W`` is
-``(N / N0)^p`` normalised to mean 1 per sinogram (so ``step`` keeps its scale): ``p = 0`` (the
-paper's) weights every ray alike, ``p = 1`` is the inverse noise variance. With the FBP step,
-``p = 0.5`` trains best on CT (``examples/quality-bars.md``); ``p = 1`` starves the dense rays.
+Every prox is called the same way, ``prox(d)``. A feed-forward prox (DnCNN) returns the residual;
+an equilibrium prox (:class:`~luser_cli.models.shallow_block.ShallowEquilibriumBlock`, which
+owns its solver settings) returns ``(residual, info)``, torchdeq's ``(z, info)``: the solver
+statistics of that stage as values (:func:`luser_cli.solvers.equilibrium.equilibrium`).
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from luser_cli.models.data_steps import (
+    DATA_STEPS,
+    DataConsistency,
+    DataStep,
+    GradientStep,
+    count_weights,
+)
 from luser_cli.models.spectral_norm import power_iteration_
 from luser_cli.operators.base import LinearOperator
-from luser_cli.operators.fbp import filtered_back_projection
-from luser_cli.operators.noise import relative_counts
-from luser_cli.solvers.config import EquilibriumConfig
+from luser_cli.solvers.equilibrium import SolveInfo
 
-#: How a stage maps the measurement residual back to the image (``model.data_step``).
-DataStep = Literal["gradient", "fbp"]
-DATA_STEPS: tuple[str, ...] = get_args(DataStep)
-
-
-def count_weights(y: Tensor, mu_max: float, power: float) -> Tensor:
-    """Weights ``(B, *y.shape[1:])`` of post-log CT data ``y`` (normalised line integrals, as
-    LoDoPaB stores them): each ray's relative photon count (:func:`relative_counts`) to the
-    ``power``, divided by its mean over the sinogram. No gradient flows into ``y``."""
-    w = relative_counts(y.detach().clamp_min(0), power * mu_max)  # (N / N0)^p = exp(-p mu y)
-    return w / w.mean(dim=tuple(range(1, w.dim())), keepdim=True)
+__all__ = [
+    "DATA_STEPS",
+    "DataStep",
+    "LoopUnrolled",
+    "ReconstructionModel",
+    "conv_layout",
+    "count_weights",
+]
 
 
 def conv_layout(t: Tensor) -> Tensor:
@@ -68,7 +59,11 @@ def conv_layout(t: Tensor) -> Tensor:
 
 
 class ReconstructionModel(nn.Module):
-    """Common interface: ``model(y, op, x0) -> x`` with per-stage solver records."""
+    """Common interface: ``model(y, op, x0) -> x`` with per-stage solver records.
+
+    Holds the learnable ``step``, the buffer ``step_scale`` and the data-consistency module
+    ``data_consistency`` (no state of its own: the state dict is the same for every data step).
+    """
 
     #: Registry name ("lu-dncnn", "deq4ip", "luser-sw", "luser-dw").
     name: str = ""
@@ -77,89 +72,87 @@ class ReconstructionModel(nn.Module):
     jacobian_probe: int = 0
 
     def __init__(
-        self,
-        step_scale: float,
-        data_step: DataStep = "gradient",
-        ray_weight_power: float = 0.0,
-        mu_max: float | None = None,
+        self, *, step_scale: float, data_consistency: DataConsistency | None = None
     ) -> None:
         super().__init__()
-        if data_step not in DATA_STEPS:
-            raise ValueError(f"data_step must be one of {DATA_STEPS}, got {data_step!r}")
-        if not 0.0 <= ray_weight_power <= 1.0:
-            raise ValueError(f"ray_weight_power must be in [0, 1], got {ray_weight_power}")
-        if ray_weight_power and mu_max is None:
-            raise ValueError("ray weights need the data's mu_max (CT)")
-        self.data_step = data_step
-        self.ray_weight_power = float(ray_weight_power)
-        #: Attenuation scale of the post-log data (``physics.mu_max``), for the count weights.
-        self.mu_max = mu_max
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("step_scale", torch.tensor(float(step_scale)))
-        #: Per-stage solver statistics of the last forward (and, once run, its backward).
-        self.records: list[dict] = []
+        self.data_consistency = data_consistency if data_consistency is not None else GradientStep()
+        #: The solver statistics of the last forward, one ``info`` per equilibrium (with its
+        #: ``stage``), as the solves returned them; an implicit backward adds its ``backward_*``
+        #: statistics to the same dicts when it runs (:func:`~luser_cli.solvers.equilibrium`).
+        self.records: list[SolveInfo] = []
 
-    def ray_weights(self, y: Tensor) -> Tensor | None:
-        """The residual's per-ray weights for measurements ``y`` (None when unweighted)."""
-        if not self.ray_weight_power:
-            return None
-        return count_weights(y, float(self.mu_max), self.ray_weight_power)
+    @property
+    def data_step(self) -> str:
+        """The data step's name (``model.data_step`` of the preset: gradient or fbp)."""
+        return self.data_consistency.kind
 
-    def back_project(
-        self, residual: Tensor, op: LinearOperator, weights: Tensor | None = None
-    ) -> Tensor:
-        """``B W r``: a measurement-domain ``residual`` ``(B, *op.measurement_shape())``,
-        weighted by ``weights`` (same shape) if given, mapped to an image ``(B, C, H, W)`` in
-        image units (``step_scale A^T`` or ``FBP``)."""
-        if weights is not None:
-            residual = weights * residual
-        if self.data_step == "fbp":
-            return filtered_back_projection(op, residual, filter="hann")
-        return self.step_scale * op.A_adjoint(residual)
+    @property
+    def ray_weight_power(self) -> float:
+        """``p`` of the data step's ray weights (0: every ray alike)."""
+        return self.data_consistency.ray_weight_power
 
-    def gradient_step(
-        self, x: Tensor, y: Tensor, op: LinearOperator, weights: Tensor | None
-    ) -> Tensor:
-        """The data-consistency step ``d = x + step * B W (y - A x)`` (module docstring);
-        ``weights`` = :meth:`ray_weights` of ``y``, computed once per forward by the caller."""
-        return x + self.step * self.back_project(y - op.A(x), op, weights)
+    @property
+    def mu_max(self) -> float | None:
+        """The CT data's attenuation scale of the ray weights (None without weights)."""
+        weights = self.data_consistency.weights
+        return weights.mu_max if weights is not None else None
 
     def is_equilibrium(self) -> bool:
         return False
 
 
+def _residual_and_info(out: Tensor | tuple[Tensor, SolveInfo]) -> tuple[Tensor, SolveInfo | None]:
+    """A prox's output as ``(residual, info)``: an equilibrium prox returns both, a feed-forward
+    one its residual only (``info`` None)."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
 class LoopUnrolled(ReconstructionModel):
     """K unrolled stages with a DnCNN or shallow-equilibrium proximal network.
 
-    ``prox`` holds one module (shared weights) or ``stages`` modules (different weights).
-    With ``equilibrium`` set, each prox is a :class:`ShallowEquilibriumBlock` solved to a fixed
-    point with those solver settings; otherwise a feed-forward network trained by backprop.
+    ``prox`` holds one module (shared weights) or ``stages`` modules (different weights), each
+    called as ``prox(d)``. Equilibrium proxes (those with their own ``equilibrium`` settings)
+    are solved to a fixed point and trained by implicit differentiation; the others are
+    feed-forward networks trained by backprop.
     """
 
     def __init__(
         self,
+        *,
         name: str,
-        prox: list[nn.Module],
+        prox: Sequence[nn.Module],
         stages: int,
         step_scale: float,
-        equilibrium: EquilibriumConfig | None = None,
-        data_step: DataStep = "gradient",
-        ray_weight_power: float = 0.0,
-        mu_max: float | None = None,
+        data_consistency: DataConsistency | None = None,
     ) -> None:
-        super().__init__(step_scale, data_step, ray_weight_power, mu_max)
+        super().__init__(step_scale=step_scale, data_consistency=data_consistency)
         if len(prox) not in (1, stages):
             raise ValueError(f"need 1 or {stages} proximal networks, got {len(prox)}")
         self.name = name
         self.stages = stages
         self.prox = nn.ModuleList(prox)
-        self.equilibrium = equilibrium
+        self._equilibrium = any(hasattr(p, "equilibrium") for p in self.prox)
+        self._jacobian_probe = 0
 
     def is_equilibrium(self) -> bool:
-        return self.equilibrium is not None
+        return self._equilibrium
 
     def shared_weights(self) -> bool:
         return len(self.prox) == 1
+
+    @property  # type: ignore[override]
+    def jacobian_probe(self) -> int:
+        return self._jacobian_probe
+
+    @jacobian_probe.setter
+    def jacobian_probe(self, iterations: int) -> None:
+        """Set on every equilibrium prox (each records its own estimate)."""
+        self._jacobian_probe = int(iterations)
+        for p in self.prox:
+            if hasattr(p, "jacobian_probe"):
+                p.jacobian_probe = self._jacobian_probe
 
     def forward(
         self, y: Tensor, op: LinearOperator, x0: Tensor, return_intermediates: bool = False
@@ -168,23 +161,21 @@ class LoopUnrolled(ReconstructionModel):
 
         Returns ``x_K`` (``(B, C, H, W)``), and the list ``[x_1, ..., x_K]`` when asked.
         """
-        if self.training and self.equilibrium is not None:
+        if self.training and self._equilibrium:
             power_iteration_(self.prox)
-        self.records = []
-        weights = self.ray_weights(y)
+        records: list[SolveInfo] = []
+        self.records = records
+        data = self.data_consistency
+        weights = data.ray_weights(y)
         x = x0
         outputs = []
         for k in range(self.stages):
             prox = self.prox[0 if self.shared_weights() else k]
-            d = conv_layout(self.gradient_step(x, y, op, weights))
-            if self.equilibrium is not None:
-                stage_record: list[dict] = []
-                r = prox(d, self.equilibrium, stage_record, self.jacobian_probe)
-                for rec in stage_record:
-                    rec["stage"] = k
-                self.records.extend(stage_record)
-            else:
-                r = prox(d)
+            d = conv_layout(data(x, y, op, self.step, self.step_scale, weights))
+            r, info = _residual_and_info(prox(d))
+            if info is not None:
+                info["stage"] = k
+                records.append(info)
             x = d + r
             outputs.append(x)
         return (x, outputs) if return_intermediates else x

@@ -156,7 +156,9 @@ class LinearOperator(nn.Module):
         return self._norm_sq
 
     @torch.no_grad()
-    def adjointness_test(self, generator: torch.Generator | None = None, *, batch: int = 1) -> float:
+    def adjointness_test(
+        self, generator: torch.Generator | None = None, *, batch: int = 1
+    ) -> float:
         """Relative error of the adjoint: the largest over a random batch of
         ``|<A x, y> - <x, A^T y>| / max(|<A x, y>|, 1e-3 ||A x|| ||y||)``.
 

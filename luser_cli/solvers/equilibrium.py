@@ -16,6 +16,12 @@ memory, no recomputation); the gradient is the same.
 
 Implemented as a ``torch.autograd.Function`` (a hook on the output that calls ``autograd.grad``
 through that same output would re-enter itself forever).
+
+Statistics come back as values, as torchdeq's ``(z, info)``: :func:`equilibrium` returns the
+forward solve's per-sample statistics with ``z*``. The backward solve's exist only once
+``loss.backward()`` has run it, and autograd lets a Function's backward return nothing but
+gradients; so the backward adds them (``backward_*``) to that same ``info`` dict, the one
+mechanism by which anything reaches the caller after backward.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from luser_cli.solvers.stats import SolverStats
 
 Solver = Callable[[Callable[[Tensor], Tensor], Tensor, SolverConfig], tuple[Tensor, SolverStats]]
 
+#: Per-sample statistics of one equilibrium, ``{"forward_iterations": (B,), ...}``: the
+#: :class:`SolverStats` fields with a ``forward_`` / ``backward_`` prefix (and, when probed,
+#: ``jacobian_spectral_radius``). Callers may add their own keys (e.g. a stage number).
+SolveInfo = dict[str, Any]
+
 SOLVERS: dict[str, Solver] = {"anderson": anderson, "picard": picard}
 
 
@@ -51,9 +62,9 @@ def equilibrium(
     params: Sequence[Tensor],
     z0: Tensor,
     cfg: EquilibriumConfig,
-    record: list | None = None,
+    *,
     probe: int = 0,
-) -> Tensor:
+) -> tuple[Tensor, SolveInfo]:
     """The fixed point ``z* = step(z*, inject(*inputs))``, differentiable by implicit gradients.
 
     Args:
@@ -67,18 +78,19 @@ def equilibrium(
             A used leaf missing here raises in backward (its gradient would be lost).
         z0: ``(B, ...)`` initial iterate (not differentiated: ``z*`` does not depend on it).
         cfg: forward / backward solver settings and ``backward_mode``.
-        record: if a list, one dict is appended per call: ``forward_<field>`` tensors ``(B,)``
-            from :class:`SolverStats` (``iterations``, ``residual``, ``converged``, ``diverged``,
-            ``nonfinite``), and after ``loss.backward()`` (implicit mode only) the same fields
-            with the ``backward_`` prefix.
-        probe: if > 0 (and ``record`` is a list), also estimate the spectral radius of the
-            map's Jacobian at ``z*`` by this many power iterations
-            (:func:`~luser_cli.solvers.jacobian.jacobian_spectral_radius`) and record it as
-            ``jacobian_spectral_radius`` ``(B,)``. Diagnostics only: ``z*`` is unchanged.
+        probe: if > 0, also estimate the spectral radius of the map's Jacobian at ``z*`` by
+            this many power iterations
+            (:func:`~luser_cli.solvers.jacobian.jacobian_spectral_radius`) and return it in
+            ``info`` as ``jacobian_spectral_radius`` ``(B,)``. Diagnostics only: ``z*`` is
+            unchanged.
 
     Returns:
-        ``z*`` ``(B, ...)``. With grad enabled and some input/param requiring grad it carries
-        an implicit-gradient ``grad_fn``; otherwise (inference) it is a plain tensor.
+        ``(z*, info)``. ``z*`` ``(B, ...)``: with grad enabled and some input/param requiring
+        grad it carries an implicit-gradient ``grad_fn``; otherwise (inference) it is a plain
+        tensor. ``info`` (:data:`SolveInfo`): ``forward_<field>`` tensors ``(B,)`` from
+        :class:`SolverStats` (``iterations``, ``residual``, ``converged``, ``diverged``,
+        ``nonfinite``); once ``loss.backward()`` has run the backward solve (implicit mode
+        only), the same dict also holds those fields with the ``backward_`` prefix.
 
     The backward recomputes ``inject`` and ``step`` from the saved inputs and the current
     values of ``params``: the caller must keep them unchanged between forward and backward (a
@@ -88,39 +100,42 @@ def equilibrium(
     """
     inputs = tuple(inputs)
     params = tuple(params)
-    entry: dict[str, Tensor] | None = None
-    if record is not None:
-        entry = {}
-        record.append(entry)
+    info: SolveInfo = {}
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs + params)
     if not needs_grad:
         with torch.no_grad():
             u = inject(*inputs)
             z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
-        if entry is not None:
-            entry.update(stats.as_dict("forward_"))
-            _probe(step, u, z, probe, entry)
-        return z
-    if entry is not None and probe:
-        entry["_probe"] = probe
-    return _Equilibrium.apply(step, inject, cfg, entry, len(inputs), z0, *inputs, *params)
+        info.update(stats.as_dict("forward_"))
+        _probe(step, u, z, probe, info)
+        return z, info
+    z = _Equilibrium.apply(step, inject, cfg, info, probe, len(inputs), z0, *inputs, *params)
+    return z, info
 
 
 def _probe(
-    step: Callable[[Tensor, Tensor], Tensor], u: Tensor, z: Tensor, iterations: int, entry: dict
+    step: Callable[[Tensor, Tensor], Tensor], u: Tensor, z: Tensor, iterations: int, info: SolveInfo
 ) -> None:
-    """Record the Jacobian's spectral-radius estimate at ``z`` (``probe`` of equilibrium)."""
+    """Add the Jacobian's spectral-radius estimate at ``z`` to ``info`` (``probe`` of
+    :func:`equilibrium`)."""
     if iterations:
         from luser_cli.solvers.jacobian import jacobian_spectral_radius
 
         gen = torch.Generator().manual_seed(0)
-        entry["jacobian_spectral_radius"] = jacobian_spectral_radius(
+        info["jacobian_spectral_radius"] = jacobian_spectral_radius(
             lambda r: step(r, u), z, max(2, iterations), gen
         )
 
 
+#: Arguments of :meth:`_Equilibrium.forward` before the tensors (``step`` ... ``z0``).
+_LEADING = 7
+
+
 class _Equilibrium(torch.autograd.Function):
-    """``z* = step(z*, inject(*inputs))`` with an implicit (or JFB) backward."""
+    """``z* = step(z*, inject(*inputs))`` with an implicit (or JFB) backward.
+
+    ``info`` is the dict :func:`equilibrium` returns: the forward adds its statistics before
+    the caller gets it, the implicit backward its own when it runs."""
 
     @staticmethod
     def forward(
@@ -128,7 +143,8 @@ class _Equilibrium(torch.autograd.Function):
         step: Callable[[Tensor, Tensor], Tensor],
         inject: Callable[..., Tensor],
         cfg: EquilibriumConfig,
-        entry: dict[str, Tensor] | None,
+        info: SolveInfo,
+        probe: int,
         n_inputs: int,
         z0: Tensor,
         *tensors: Tensor,
@@ -137,15 +153,14 @@ class _Equilibrium(torch.autograd.Function):
         with torch.no_grad():
             u = inject(*inputs)
             z, stats = solve(lambda z: step(z, u), z0, cfg.forward)
-        if entry is not None:
-            entry.update(stats.as_dict("forward_"))
-            _probe(step, u, z, int(entry.pop("_probe", 0)), entry)
-        ctx.step, ctx.inject, ctx.cfg, ctx.entry, ctx.n_inputs = step, inject, cfg, entry, n_inputs
+        info.update(stats.as_dict("forward_"))
+        _probe(step, u, z, probe, info)
+        ctx.step, ctx.inject, ctx.cfg, ctx.info, ctx.n_inputs = step, inject, cfg, info, n_inputs
         ctx.params = tensors[n_inputs:]  # references to leaves: no memory, not saved tensors
         ctx.save_for_backward(z, *inputs)
         ctx.kept = None
         if cfg.graph == "keep":
-            input_needs = ctx.needs_input_grad[6 : 6 + n_inputs]
+            input_needs = ctx.needs_input_grad[_LEADING : _LEADING + n_inputs]
             ctx.kept = _tracked_application(step, inject, z, inputs, input_needs)
         return z
 
@@ -156,7 +171,7 @@ class _Equilibrium(torch.autograd.Function):
         n_inputs: int = ctx.n_inputs
         cfg: EquilibriumConfig = ctx.cfg
         params: tuple[Tensor, ...] = ctx.params
-        needs = ctx.needs_input_grad[6:]  # after step, inject, cfg, entry, n_inputs, z0
+        needs = ctx.needs_input_grad[_LEADING:]  # after step, inject, ..., z0
         input_needs, param_needs = needs[:n_inputs], needs[n_inputs:]
         kept, ctx.kept = ctx.kept, None
         z_, inputs_, fz = kept or _tracked_application(ctx.step, ctx.inject, z, inputs, input_needs)
@@ -164,7 +179,7 @@ class _Equilibrium(torch.autograd.Function):
         targets = [x for x, n in zip(inputs_, input_needs, strict=True) if n]
         targets += [p for p, n in zip(params, param_needs, strict=True) if n]
         if not fz.requires_grad:  # step/inject ignore everything that requires grad
-            return (None,) * (6 + len(needs))
+            return (None,) * (_LEADING + len(needs))
         _check_declared(fz, [z_, *inputs_, *params])
 
         if cfg.backward_mode == "jfb":
@@ -176,11 +191,10 @@ class _Equilibrium(torch.autograd.Function):
                 return grad_z if vjp is None else vjp + grad_z
 
             g, stats = solve(adjoint_step, grad_z, cfg.backward)
-            if ctx.entry is not None:
-                ctx.entry.update(stats.as_dict("backward_"))
+            ctx.info.update(stats.as_dict("backward_"))  # known only now: see the module doc
 
         grads = iter(torch.autograd.grad(fz, targets, g, allow_unused=True))
-        return (None,) * 6 + tuple(next(grads) if n else None for n in needs)
+        return (None,) * _LEADING + tuple(next(grads) if n else None for n in needs)
 
 
 def _tracked_application(

@@ -54,7 +54,7 @@ class SolverStats:
 
 def summarize(stats: Mapping[str, object] | Iterable[Mapping[str, object]]) -> dict[str, float]:
     """Summarise stats dictionaries (from :meth:`SolverStats.as_dict` or ``equilibrium``'s
-    ``record``) over all samples and entries: for each prefix ``p`` (``""``, ``forward_``,
+    ``info``) over all samples and entries: for each prefix ``p`` (``""``, ``forward_``,
     ``backward_``) present, ``p + mean_iterations``, ``max_iterations``, ``max_residual``,
     ``converged_fraction``, ``diverged_fraction``, ``nonfinite_fraction``. Synchronises.
     """

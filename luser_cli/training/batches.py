@@ -20,7 +20,7 @@ from luser_cli.physics import (
     build_operator,
     initial_estimate,
     mri_masks,
-    simulate_seeded,
+    seeded_generators,
 )
 from luser_cli.tasks import MRIPhysics, Physics, get_task
 
@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     from luser_cli.training.config import Preset
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for the noise of one item in one epoch (``epoch=-1`` for eval splits)."""
+def training_noise_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for the noise of one item in one epoch (``epoch=-1`` for eval splits).
+
+    Not :func:`luser_cli.data.splits.item_seed` (which draws a built-in image) nor
+    :func:`luser_cli.simulate.file_noise_seed` (``luser simulate``'s noise): each keeps its own
+    formula because checkpoints, bench results and simulated files depend on the numbers."""
     return (seed * 1_000_003 + (epoch + 1) * 7_919 * 1_000_033 + index * 104_729) % (2**63 - 1)
 
 
@@ -87,7 +91,8 @@ class BatchMaker:
         mask_seeds = [int(s) for s in meta["mask_seed"]] if "mask_seed" in meta else index
         op = self.operator(mask_seeds)
         with torch.no_grad():
-            y = simulate_seeded(op, self.noise, x, [item_seed(seed, epoch, i) for i in index])
+            seeds = [training_noise_seed(seed, epoch, i) for i in index]
+            y = op.measure(x, seeded_generators(seeds), noise=self.noise)
             x0 = initial_estimate(self.task, op, y, self.initial)
         return Batch(x=x, y=y, x0=x0, op=op)
 

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
+from luser_cli.models.data_steps import data_step_from_physics
 from luser_cli.models.registry import build_model
 from luser_cli.models.unrolled import ReconstructionModel
 from luser_cli.solvers.config import EquilibriumConfig
@@ -21,6 +22,7 @@ from luser_cli.training.config import Preset, TrainSettings
 def build_training_model(
     preset: Preset,
     model_name: str,
+    *,
     step_scale: float,
     equilibrium: EquilibriumConfig | None = None,
 ) -> ReconstructionModel:
@@ -31,9 +33,9 @@ def build_training_model(
         step_scale=step_scale,
         stages=preset.model.stages,
         equilibrium=equilibrium if equilibrium is not None else preset.solver,
-        data_step=preset.model.data_step,
-        ray_weight_power=preset.model.ray_weight_power,
-        mu_max=getattr(preset.physics_model(), "mu_max", None),
+        data_consistency=data_step_from_physics(
+            preset.model.data_step, preset.physics_model(), preset.model.ray_weight_power
+        ),
         deq4ip_norm=preset.model.deq4ip_norm or "batch",
         deq4ip_anchor=preset.model.deq4ip_anchor or 0.0,
     )
