@@ -20,6 +20,7 @@ deterministic per seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -125,16 +126,31 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return out[0].numpy()
 
 
+def patch_of(
+    images: Callable[[int], np.ndarray],
+    count: int,
+    size: int,
+    seed: int | np.random.SeedSequence,
+    accept: Callable[[np.ndarray], bool],
+    min_zoom: float = 1.0,
+) -> np.ndarray:
+    """A deterministic :func:`random_patch` of one of ``count`` images (``images(i)``, chosen
+    uniformly), redrawn up to ``MAX_TRIES`` times until ``accept(patch)``; the last draw is
+    returned if none is accepted."""
+    rng = np.random.default_rng(seed)
+    patch = None
+    for _ in range(MAX_TRIES):
+        patch = random_patch(images(int(rng.integers(0, count))), size, rng, min_zoom=min_zoom)
+        if accept(patch):
+            break
+    assert patch is not None
+    return patch
+
+
 def photo_patch(split: str, size: int, seed: int | np.random.SeedSequence) -> np.ndarray:
     """A deterministic random patch ``(3, size, size)`` float32 in ``[0, 1]`` from ``split``'s
     photographs (photo chosen uniformly; near-flat crops redrawn up to ``MAX_TRIES`` times)."""
     names = photo_names(split)
-    rng = np.random.default_rng(seed)
-    patch = None
-    for _ in range(MAX_TRIES):
-        photo = load_photo(names[int(rng.integers(0, len(names)))])
-        patch = random_patch(photo, size, rng)
-        if float(patch.std()) >= MIN_STD:
-            break
-    assert patch is not None
-    return patch
+    return patch_of(
+        lambda i: load_photo(names[i]), len(names), size, seed, lambda p: p.std() >= MIN_STD
+    )

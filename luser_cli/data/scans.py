@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luser_cli.data.photos import MAX_TRIES, random_patch
+from luser_cli.data.photos import patch_of
 from luser_cli.data.splits import normalize_split
 from luser_cli.errors import InputError
 
@@ -91,14 +91,14 @@ def load_slices(split: str) -> tuple[np.ndarray, ...]:
 
 def scan_patch(split: str, size: int, seed: int | np.random.SeedSequence) -> np.ndarray:
     """A deterministic random patch ``(1, size, size)`` float32 in ``[0, 1]`` of ``split``'s MR
-    slices (slice chosen uniformly; mostly-background crops redrawn up to ``MAX_TRIES`` times)."""
+    slices (slice chosen uniformly; mostly-background crops redrawn: see
+    :func:`luser_cli.data.photos.patch_of`)."""
     slices = load_slices(split)
-    rng = np.random.default_rng(seed)
-    patch = None
-    for _ in range(MAX_TRIES):
-        image = slices[int(rng.integers(0, len(slices)))]
-        patch = random_patch(image, size, rng, min_zoom=SCAN_MIN_ZOOM)
-        if float(patch.mean()) >= MIN_PATCH_MEAN:
-            break
-    assert patch is not None
-    return patch
+    return patch_of(
+        slices.__getitem__,
+        len(slices),
+        size,
+        seed,
+        lambda p: p.mean() >= MIN_PATCH_MEAN,
+        min_zoom=SCAN_MIN_ZOOM,
+    )
