@@ -53,16 +53,27 @@ class QuickstartSettings:
             object.__setattr__(self, "data_step", model.data_step)
 
     def train_args(self, run: Path) -> list[str]:
-        args = [
-            "luser", "train", "--task", self.task, "--model", self.model,
-            "--image-size", str(self.image_size), "--steps", str(self.steps),
-            "--batch-size", str(self.batch_size), "--initial", str(self.initial),
-            "--data-step", str(self.data_step), "--loss", self.loss,
-            "--seed", str(self.seed), "--out", str(run),
-        ]  # fmt: skip
-        if self.tol is not None:
-            args += ["--fp-tol", f"{self.tol:g}", "--bwd-tol", f"{self.tol:g}"]
-        return args + (["--lr", f"{self.lr:g}"] if self.lr is not None else [])
+        """The equivalent ``luser train`` command (:func:`luser_cli.training.command`)."""
+        from luser_cli.training.command import train_args
+
+        tol = self.tol
+        return train_args(
+            self.task,
+            [
+                ("--model", self.model),
+                ("--image-size", self.image_size),
+                ("--steps", self.steps),
+                ("--batch-size", self.batch_size),
+                ("--initial", self.initial),
+                ("--data-step", self.data_step),
+                ("--loss", self.loss),
+                ("--seed", self.seed),
+                ("--out", run),
+                ("--fp-tol", tol),
+                ("--bwd-tol", tol),
+                ("--lr", self.lr),
+            ],
+        )
 
 
 def _sample_png(task: str, image_size: int, seed: int, path: Path) -> None:

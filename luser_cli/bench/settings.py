@@ -117,12 +117,21 @@ class BenchSettings:
 
     def train_command(self, task: str, model: str, loss: str) -> str:
         """The ``luser train`` command that trains the same model into the same folder."""
-        return (
-            f"luser train --task {task} --preset {paper_preset_name(task)} --model {model} "
-            f"--image-size {self.image_size} "
-            f"--steps {self.steps} --batch-size {self.batch_size} --seed {self.seed} "
-            f"--{'aux' if loss == 'aux' else 'final'}-loss --val-size {VAL_SIZE} "
-            f"--out {self.cell_dir(task, model, loss)}"
+        from luser_cli.training.command import train_command
+
+        return train_command(
+            task,
+            [
+                ("--preset", paper_preset_name(task)),
+                ("--model", model),
+                ("--image-size", self.image_size),
+                ("--steps", self.steps),
+                ("--batch-size", self.batch_size),
+                ("--seed", self.seed),
+                ("--aux-loss" if loss == "aux" else "--final-loss", True),
+                ("--val-size", VAL_SIZE),
+                ("--out", self.cell_dir(task, model, loss)),
+            ],
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,7 +106,7 @@ def memprobe(
     """
     from rich.console import Console
 
-    from luser_cli.bench.machine import machine_info
+    from luser_cli.bench.machine import command_line, machine_info
     from luser_cli.errors import ConfigError
     from luser_cli.memprobe.allowance import Allowance
     from luser_cli.memprobe.probe import (
@@ -181,7 +180,7 @@ def memprobe(
         machine["load_average_start"] = load_start
         machine["load_average_end"] = machine.pop("load_average")
     meta = {
-        "command": _command_line(),
+        "command": command_line(default="luser memprobe"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "backend": chosen,
@@ -210,13 +209,6 @@ def _cpu_seconds() -> float | None:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return round(total, 1)
-
-
-def _command_line() -> str:
-    argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith(("luser", "__main__.py")) else None
-    if argv is None:
-        return "luser memprobe (called from Python)"
-    return "luser " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _markdown_document(

@@ -32,7 +32,8 @@ from luser_cli.data.splits import normalize_split
 from luser_cli.errors import ConfigError, InputError
 from luser_cli.tasks import get_task
 
-#: Built-in items per split when ``size`` is not given (as in the presets' ``[data]`` tables).
+#: Built-in items per split when ``size`` is not given; the defaults of the presets' ``[data]``
+#: ``train_size`` / ``val_size`` / ``test_size`` (:class:`luser_cli.training.config.DataSettings`).
 BUILTIN_SIZES = {"train": 4096, "val": 16, "test": 32}
 
 #: What each kind holds and which tasks it fits.

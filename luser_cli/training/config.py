@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from luser_cli.data.sources import BUILTIN_SIZES
 from luser_cli.errors import ConfigError
 from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics
@@ -135,9 +136,11 @@ class TrainSettings(_Section):
 
 class DataSettings(_Section):
     path: str | None = Field(None, description="data set folder; built-in data when omitted")
-    train_size: int = Field(4096, ge=1, description="built-in training items per epoch")
-    val_size: int = Field(16, ge=1)
-    test_size: int = Field(32, ge=1)
+    train_size: int = Field(
+        BUILTIN_SIZES["train"], ge=1, description="built-in training items per epoch"
+    )
+    val_size: int = Field(BUILTIN_SIZES["val"], ge=1, description="built-in validation items")
+    test_size: int = Field(BUILTIN_SIZES["test"], ge=1, description="built-in test items")
     num_workers: int = Field(0, ge=0)
     builtin: Literal["auto", "ellipses", "photos", "mix", "scans", "mix-scans"] = Field(
         "auto",
