@@ -23,16 +23,18 @@ from luser_cli.tasks import (
     CTPhysics,
     DeblurPhysics,
     MRIPhysics,
-    Physics,
+    PhysicsSettings,
     TaskSpec,
     get_task,
 )
 
 
-def resolve_physics(task: str | TaskSpec, physics: Physics | dict | None = None) -> Physics:
+def resolve_physics(
+    task: str | TaskSpec, physics: PhysicsSettings | dict | None = None
+) -> PhysicsSettings:
     """Validate ``physics`` (a model or a dict of overrides) against the task's physics model."""
     spec = get_task(task) if isinstance(task, str) else task
-    model = spec.physics_model()
+    model = spec.settings_class()
     if physics is None:
         return spec.physics_defaults
     if isinstance(physics, model):
@@ -64,7 +66,7 @@ def mri_masks(physics: MRIPhysics, width: int, seeds: Sequence[int]) -> Tensor:
 def build_operator(
     task: str | TaskSpec,
     image_size: int | tuple[int, int],
-    physics: Physics | dict | None = None,
+    physics: PhysicsSettings | dict | None = None,
     *,
     masks: Tensor | None = None,
     kspace_size: tuple[int, int] | None = None,
@@ -111,7 +113,7 @@ def build_operator(
     return op
 
 
-def build_noise(task: str | TaskSpec, physics: Physics | dict | None = None) -> NoiseModel:
+def build_noise(task: str | TaskSpec, physics: PhysicsSettings | dict | None = None) -> NoiseModel:
     """The task's measurement noise model."""
     phys = resolve_physics(task, physics)
     if isinstance(phys, CTPhysics):

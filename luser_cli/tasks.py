@@ -71,7 +71,7 @@ class MRIPhysics(_Strict):
     )
 
 
-Physics = DeblurPhysics | CTPhysics | MRIPhysics
+PhysicsSettings = DeblurPhysics | CTPhysics | MRIPhysics
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,10 @@ class TaskSpec:
     image_size: int  # the paper's image side (CelebA 128, LoDoPaB 362, fastMRI 320)
     initial_estimate: Literal["measurement", "adjoint"]
     classical_methods: tuple[str, ...]
-    physics_defaults: Physics
+    physics_defaults: PhysicsSettings
 
-    def physics_model(self) -> type[BaseModel]:
+    def settings_class(self) -> type[BaseModel]:
+        """The class of this task's physics settings (``CTPhysics``, ...)."""
         return type(self.physics_defaults)
 
 

@@ -27,7 +27,7 @@ from luser_cli.io.validate import (
     open_hdf5,
     read_dataset,
 )
-from luser_cli.tasks import TASK_NAMES, Physics, get_task, is_mri
+from luser_cli.tasks import TASK_NAMES, PhysicsSettings, get_task, is_mri
 
 FORMAT_NAME = "luser-measurement"
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ class MeasurementFile:
     task: str
     image_size: tuple[int, int]
     channels: int
-    physics: Physics
+    physics: PhysicsSettings
     measurements: np.ndarray
     ground_truth: np.ndarray | None = None
     masks: np.ndarray | None = None
@@ -95,7 +95,7 @@ def write_measurement(
     *,
     task: str,
     image_size: tuple[int, int],
-    physics: Physics,
+    physics: PhysicsSettings,
     measurements: np.ndarray | Tensor,
     ground_truth: np.ndarray | Tensor | None = None,
     masks: np.ndarray | Tensor | None = None,
@@ -353,7 +353,7 @@ def _read(p: Path, h5: Any) -> MeasurementFile:
 def _measurement_shape(
     task: str,
     image_size: tuple[int, int],
-    physics: Physics,
+    physics: PhysicsSettings,
     kspace_size: tuple[int, int] | None,
     what: str,
 ) -> tuple[int, ...]:
@@ -415,7 +415,7 @@ def _json_attr(attrs: Any, key: str, what: str) -> Any:
         raise InputError(f"{what}: attribute {key!r} is not valid JSON ({e.msg})") from None
 
 
-def _physics_attr(attrs: Any, task: str, what: str) -> Physics:
+def _physics_attr(attrs: Any, task: str, what: str) -> PhysicsSettings:
     from luser_cli.physics import resolve_physics
 
     if "physics" not in attrs:

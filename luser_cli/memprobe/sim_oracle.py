@@ -66,7 +66,7 @@ def sim_equilibrium(cfg: EquilibriumConfig, iterations: int = SIM_ITERATIONS) ->
 
 def _batch_masks(preset: Preset, batch: int) -> Tensor | None:
     """Per-item MRI masks ``(batch, W)`` seeded by item index, as ``BatchMaker`` does."""
-    physics = preset.physics_model()
+    physics = preset.physics_settings()
     if not isinstance(physics, MRIPhysics):
         return None
     return mri_masks(physics, preset.image_size, list(range(batch)))
@@ -230,7 +230,7 @@ class SimOracle:
         preset = self.preset
         prepared = self.prepared if self.prepared is not None else prepare(preset, self.radon)
         step_scale = 1.0 / prepared.norm_sq
-        mri = isinstance(preset.physics_model(), MRIPhysics)
+        mri = isinstance(preset.physics_settings(), MRIPhysics)
         # Built on real tensors, then made fake: the same modules and shapes, but spectral
         # norm's 15 initial power iterations per convolution take seconds on fake tensors.
         model = build_training_model(

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from luser_cli.operators.base import LinearOperator
 from luser_cli.operators.fbp import filtered_back_projection
 from luser_cli.operators.noise import relative_counts
-from luser_cli.tasks import CTPhysics, Physics
+from luser_cli.tasks import CTPhysics, PhysicsSettings
 
 #: How a stage maps the measurement residual back to the image (``model.data_step``).
 DataStep = Literal["gradient", "fbp"]
@@ -164,7 +164,7 @@ def build_data_step(
 
 
 def data_step_from_physics(
-    kind: str, physics: Physics, ray_weight_power: float = 0.0
+    kind: str, physics: PhysicsSettings, ray_weight_power: float = 0.0
 ) -> DataConsistency:
     """:func:`build_data_step` for a task's typed physics settings: the ray weights take
     ``mu_max`` from CT physics (other tasks have no photon counts to weight by)."""

@@ -22,7 +22,7 @@ from luser_cli.physics import (
     mri_masks,
     seeded_generators,
 )
-from luser_cli.tasks import MRIPhysics, Physics, get_task
+from luser_cli.tasks import MRIPhysics, PhysicsSettings, get_task
 
 if TYPE_CHECKING:
     from luser_cli.training.config import Preset
@@ -52,7 +52,7 @@ class BatchMaker:
         self,
         task: str,
         image_size: int,
-        physics: Physics,
+        physics: PhysicsSettings,
         device: torch.device,
         initial: str = "auto",
     ) -> None:
@@ -70,7 +70,7 @@ class BatchMaker:
     def for_preset(cls, preset: Preset, device: torch.device) -> BatchMaker:
         """The batch maker of a resolved preset (its task, size, physics and initial estimate)."""
         return cls(
-            preset.task, preset.image_size, preset.physics_model(), device, preset.model.initial
+            preset.task, preset.image_size, preset.physics_settings(), device, preset.model.initial
         )
 
     def operator(self, mask_seeds: list[int] | None = None) -> LinearOperator:

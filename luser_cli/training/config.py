@@ -27,7 +27,7 @@ from luser_cli.errors import ConfigError
 from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics
 from luser_cli.solvers.config import EquilibriumConfig
-from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, TASK_NAMES, get_task
+from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, TASK_NAMES, PhysicsSettings, get_task
 
 
 class _Section(BaseModel):
@@ -213,7 +213,8 @@ class Preset(_Section):
             return out
         return out.model_copy(update={"train": self.train.model_copy(update={"lr": lr})})
 
-    def physics_model(self):  # -> the task's typed physics settings
+    def physics_settings(self) -> PhysicsSettings:
+        """The task's typed physics settings (:data:`luser_cli.tasks.PhysicsSettings`)."""
         return resolve_physics(self.task, self.physics)
 
 

@@ -34,7 +34,7 @@ def build_training_model(
         stages=preset.model.stages,
         equilibrium=equilibrium if equilibrium is not None else preset.solver,
         data_consistency=data_step_from_physics(
-            preset.model.data_step, preset.physics_model(), preset.model.ray_weight_power
+            preset.model.data_step, preset.physics_settings(), preset.model.ray_weight_power
         ),
         deq4ip_norm=preset.model.deq4ip_norm or "batch",
         deq4ip_anchor=preset.model.deq4ip_anchor or 0.0,
