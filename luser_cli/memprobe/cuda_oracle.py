@@ -17,9 +17,8 @@ import torch
 
 from luser_cli.errors import ConfigError
 from luser_cli.memprobe.allowance import GIB, Allowance
-from luser_cli.memprobe.oracle import affine_guess, prime_optimizer
-from luser_cli.memprobe.presets import probe_preset
-from luser_cli.models.registry import check_model_name, count_parameters
+from luser_cli.memprobe.oracle import OracleCase, affine_guess, prime_optimizer
+from luser_cli.models.registry import count_parameters
 from luser_cli.tasks import get_task
 from luser_cli.training.config import Preset
 from luser_cli.training.step import (
@@ -39,7 +38,7 @@ def _free_cuda() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-class CudaOracle:
+class CudaOracle(OracleCase):
     """The ``cuda`` backend for one (task, model, image size): real training steps on a GPU
     capped at each capacity.
 
@@ -65,19 +64,9 @@ class CudaOracle:
     ) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("--backend cuda needs a CUDA GPU; none is available (try sim)")
-        get_task(task)
-        check_model_name(model_name)
-        self.task = task
-        self.model_name = model_name
-        self.preset = preset if preset is not None else probe_preset(task, image_size)
-        self.image_size = self.preset.image_size
-        self.allowance = allowance if allowance is not None else Allowance()
+        self._set_case(task, model_name, image_size, allowance, preset)
         self.device = torch.device(device) if device is not None else torch.device("cuda")
         self._answers: dict[tuple[int, int], bool] = {}
-        self._peaks: dict[int, int] = {}
-        self._session: dict[str, Any] | None = None
-        self._parameters: int | None = None
-        self.static_bytes: int | None = None
 
     @property
     def parameters(self) -> int:

@@ -30,6 +30,9 @@ import torch
 from torch import nn
 
 from luser_cli.memprobe.allowance import Allowance
+from luser_cli.models.registry import check_model_name
+from luser_cli.tasks import get_task
+from luser_cli.training.config import Preset
 
 __all__ = ["Oracle", "affine_guess", "prime_optimizer"]
 
@@ -97,3 +100,32 @@ def affine_guess(
         return None
     intercept = points[b1] - slope * b1
     return max(1, math.floor((budget_bytes - intercept) / slope))
+
+
+class OracleCase:
+    """What both oracles hold: one (task, model, preset) case, its allowance and its caches."""
+
+    def _set_case(
+        self,
+        task: str,
+        model_name: str,
+        image_size: int | None,
+        allowance: Allowance | None,
+        preset: Preset | None,
+    ) -> None:
+        """Check the task and model (one-line errors) and set the case: the probed preset
+        (:func:`luser_cli.memprobe.presets.probe_preset` unless given), its image size, the
+        allowance, and empty caches."""
+        from luser_cli.memprobe.presets import probe_preset
+
+        get_task(task)
+        check_model_name(model_name)
+        self.task = task
+        self.model_name = model_name
+        self.preset = preset if preset is not None else probe_preset(task, image_size)
+        self.image_size = self.preset.image_size
+        self.allowance = allowance if allowance is not None else Allowance()
+        self._peaks: dict[int, int] = {}
+        self._session: dict[str, Any] | None = None
+        self._parameters: int | None = None
+        self.static_bytes: int | None = None

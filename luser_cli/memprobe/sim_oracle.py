@@ -21,11 +21,10 @@ from torch import Tensor
 
 from luser_cli.errors import ConfigError
 from luser_cli.memprobe.allowance import GIB, Allowance
-from luser_cli.memprobe.oracle import affine_guess, prime_optimizer
-from luser_cli.memprobe.presets import probe_preset
+from luser_cli.memprobe.oracle import OracleCase, affine_guess, prime_optimizer
 from luser_cli.memprobe.radon_stand_in import RadonStandIn, stand_in_args
 from luser_cli.memprobe.tracker import StorageTracker
-from luser_cli.models.registry import check_model_name, count_parameters
+from luser_cli.models.registry import count_parameters
 from luser_cli.operators.base import LinearOperator
 from luser_cli.physics import build_operator, initial_estimate, mri_masks
 from luser_cli.solvers.config import EquilibriumConfig
@@ -116,7 +115,7 @@ def _gpu_optimizer_defaults(optimizer: torch.optim.Optimizer) -> None:
             group["foreach"] = True
 
 
-class SimOracle:
+class SimOracle(OracleCase):
     """The ``sim`` backend for one (task, model, image size): simulated peaks per batch size.
 
     One fake-tensor session (mode, tracker, model, optimiser, operator) is built on first use
@@ -152,24 +151,14 @@ class SimOracle:
         radon: str = "stand-in",
         prepared: Prepared | None = None,
     ) -> None:
-        get_task(task)
-        check_model_name(model_name)
+        self._set_case(task, model_name, image_size, allowance, preset)
         if radon not in ("stand-in", "real"):
             raise ConfigError(f"radon must be 'stand-in' or 'real', got {radon!r}")
-        self.task = task
-        self.model_name = model_name
-        self.preset = preset if preset is not None else probe_preset(task, image_size)
-        self.image_size = self.preset.image_size
-        self.allowance = allowance if allowance is not None else Allowance()
         self.iterations = iterations
         self.equilibrium = sim_equilibrium(self.preset.solver, iterations)
         self.radon = radon
         self.prepared = prepared
-        self._peaks: dict[int, int] = {}
         self._seconds: dict[int, float] = {}
-        self._session: dict[str, Any] | None = None
-        self._parameters: int | None = None
-        self.static_bytes: int | None = None
         if self.preset.train.bf16:
             raise ConfigError("the sim backend does not simulate bf16 autocast; use --backend cuda")
 
