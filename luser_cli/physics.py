@@ -175,7 +175,7 @@ def output_image(task: str | TaskSpec, x: Tensor) -> Tensor:
     """What users look at and metrics compare: the magnitude ``(B, 1, H, W)`` for MRI (as
     fastMRI's ``reconstruction_esc``), the image itself otherwise."""
     spec = get_task(task) if isinstance(task, str) else task
-    if spec.channels == 2:
+    if spec.display == "magnitude":
         return torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return x
 

@@ -36,7 +36,7 @@ from luser_cli.errors import CheckpointError, ConfigError, InputError
 from luser_cli.io.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 from luser_cli.io.validate import hdf5_errors, open_hdf5
 from luser_cli.operators.base import LinearOperator
-from luser_cli.tasks import get_task, is_mri
+from luser_cli.tasks import get_task
 
 #: A reconstruction method: ``(task, op, y) -> x``.
 Method = Callable[[str, LinearOperator, Tensor], Tensor]
@@ -198,7 +198,7 @@ def _luser_source(p: Path, task: str | None) -> Source:
     mf = read_measurement(p)
     if task is not None and get_task(task).name != mf.task:
         raise ConfigError(f"{p} holds {mf.task} measurements; --task {task} does not match")
-    shared = None if is_mri(mf.task) else mf.operator()
+    shared = None if get_task(mf.task).modality == "mri" else mf.operator()
 
     def batch(start: int, stop: int) -> tuple[LinearOperator, Tensor]:
         op = shared if shared is not None else mf.operator(slice(start, stop))

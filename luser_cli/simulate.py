@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from luser_cli.errors import ConfigError
-from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, get_task, is_mri
+from luser_cli.tasks import MAX_IMAGE_SIZE, MAX_SEED, get_task
 
 if TYPE_CHECKING:
     from luser_cli.operators.base import LinearOperator
@@ -146,7 +146,7 @@ def simulate_file(
     name = Path(input_path).name
 
     masks = None
-    if is_mri(spec.name):
+    if spec.modality == "mri":
         from luser_cli.operators.masks import mask_seed
 
         masks = mri_masks(phys, size, [mask_seed(name, i) for i in range(n)])
@@ -174,7 +174,7 @@ def simulate_file(
         kspace_size=(size, size) if masks is not None else None,
         affine=prep.affine,
         angles=_angles_of(op0),
-        kernel=getattr(op0, "kernel", None) if spec.name == "deblur" else None,
+        kernel=getattr(op0, "kernel", None) if spec.modality == "rgb" else None,
         noise=op0.noise.describe(),
         seed=seed,
         source=name,

@@ -2,7 +2,10 @@
 
 A task fixes the channel count (3 for RGB deblurring, 1 for CT, 2 = real/imag for MRI), the
 physics (operator + noise, configured by a typed :mod:`pydantic` model), the initial estimate
-(``y`` for deblurring, ``A^T y`` for CT and MRI) and the classical baselines.
+(``y`` for deblurring, ``A^T y`` for CT and MRI) and the classical baselines. Behaviour that
+differs between tasks reads :class:`TaskSpec` fields (``modality``, ``complex_valued``,
+``has_fbp``, ``psnr_data_range``, ``display``), never the task name: a new task is a new
+:class:`TaskSpec` (and its operator) plus registrations.
 """
 
 from __future__ import annotations
@@ -73,9 +76,20 @@ class MRIPhysics(_Strict):
 
 PhysicsSettings = DeblurPhysics | CTPhysics | MRIPhysics
 
+#: What the images are: RGB photos, CT attenuation maps, MR slices (complex, real/imag channels).
+Modality = Literal["rgb", "ct", "mri"]
+#: PSNR/SSIM ``data_range`` rule: ``unit`` = 1 (images in [0, 1]); ``image_range`` = the
+#: target's max - min; ``volume_max`` = the volume's max (fastMRI), else the target's max.
+DataRangeRule = Literal["unit", "image_range", "volume_max"]
+#: How a model-channel image becomes the displayed/compared one: ``as_is`` (RGB, CT grey) or
+#: ``magnitude`` (``(B, 1, H, W)`` norm over the real/imag channels, MRI).
+DisplayRule = Literal["as_is", "magnitude"]
+
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task. Code that differs between tasks reads these fields, not the task name."""
+
     name: str
     description: str
     channels: int
@@ -83,6 +97,13 @@ class TaskSpec:
     initial_estimate: Literal["measurement", "adjoint"]
     classical_methods: tuple[str, ...]
     physics_defaults: PhysicsSettings
+    modality: Modality
+    #: images are complex, stored as real/imag channels (MRI); per-item sampling masks.
+    complex_valued: bool
+    #: a filtered back-projection exists (CT): ``fbp`` method, initial estimate and data step.
+    has_fbp: bool
+    psnr_data_range: DataRangeRule
+    display: DisplayRule
 
     def settings_class(self) -> type[BaseModel]:
         """The class of this task's physics settings (``CTPhysics``, ...)."""
@@ -98,6 +119,11 @@ TASKS: dict[str, TaskSpec] = {
         initial_estimate="measurement",
         classical_methods=("input", "adjoint", "tv"),
         physics_defaults=DeblurPhysics(),
+        modality="rgb",
+        complex_valued=False,
+        has_fbp=False,
+        psnr_data_range="unit",
+        display="as_is",
     ),
     "ct": TaskSpec(
         name="ct",
@@ -107,6 +133,11 @@ TASKS: dict[str, TaskSpec] = {
         initial_estimate="adjoint",
         classical_methods=("adjoint", "fbp", "tv"),
         physics_defaults=CTPhysics(),
+        modality="ct",
+        complex_valued=False,
+        has_fbp=True,
+        psnr_data_range="image_range",
+        display="as_is",
     ),
     "mri4x": TaskSpec(
         name="mri4x",
@@ -116,6 +147,11 @@ TASKS: dict[str, TaskSpec] = {
         initial_estimate="adjoint",
         classical_methods=("zero-filled", "adjoint", "tv"),
         physics_defaults=MRIPhysics(acceleration=4, center_fraction=0.08),
+        modality="mri",
+        complex_valued=True,
+        has_fbp=False,
+        psnr_data_range="volume_max",
+        display="magnitude",
     ),
     "mri8x": TaskSpec(
         name="mri8x",
@@ -125,6 +161,11 @@ TASKS: dict[str, TaskSpec] = {
         initial_estimate="adjoint",
         classical_methods=("zero-filled", "adjoint", "tv"),
         physics_defaults=MRIPhysics(acceleration=8, center_fraction=0.04),
+        modality="mri",
+        complex_valued=True,
+        has_fbp=False,
+        psnr_data_range="volume_max",
+        display="magnitude",
     ),
 }
 
@@ -137,7 +178,3 @@ def get_task(name: str) -> TaskSpec:
         raise ConfigError(
             f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}"
         ) from None
-
-
-def is_mri(task: str) -> bool:
-    return task.startswith("mri")

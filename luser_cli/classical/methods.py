@@ -34,7 +34,7 @@ from torch import Tensor
 from luser_cli.classical.tv import robust_max, tv_reconstruct
 from luser_cli.errors import ConfigError
 from luser_cli.operators.base import LinearOperator
-from luser_cli.tasks import get_task
+from luser_cli.tasks import TASKS, get_task
 
 #: LoDoPaB-CT's image side, the reference size of the CT weight (see :func:`operator_gain`).
 LODOPAB_SIZE = 362
@@ -55,8 +55,12 @@ __all__ = [
 
 CLASSICAL_METHODS: tuple[str, ...] = ("input", "adjoint", "fbp", "zero-filled", "tv")
 
-#: The task each task-specific method needs (``adjoint`` and ``tv`` fit every task).
-_METHOD_TASKS: dict[str, str] = {"input": "deblur", "fbp": "ct", "zero-filled": "mri4x or mri8x"}
+#: The tasks each task-specific method needs, as the error names them (``input``: deblur,
+#: ``fbp``: ct, ``zero-filled``: mri4x or mri8x; ``adjoint`` and ``tv`` fit every task).
+_METHOD_TASKS: dict[str, str] = {
+    m: " or ".join(t.name for t in TASKS.values() if m in t.classical_methods)
+    for m in CLASSICAL_METHODS
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def reference_image(task: str, op: LinearOperator, y: Tensor) -> Tensor:
     spec = get_task(task)
     if spec.initial_estimate == "measurement":
         return y
-    if spec.name == "ct":
+    if spec.has_fbp:
         return _fbp(op, y)
     return op.A_adjoint(y) / op.norm_sq()
 
@@ -140,7 +144,7 @@ def operator_gain(task: str, op: LinearOperator) -> float:
     """
     spec = get_task(task)
     gain = float(op.norm_sq())
-    if spec.name == "ct":
+    if spec.modality == "ct":
         gain *= op.image_shape[-1] / LODOPAB_SIZE
     return gain
 

@@ -35,7 +35,7 @@ from luser_cli.data.splits import normalize_split
 from luser_cli.data.transforms import resize_square, to_task_channels
 from luser_cli.errors import ConfigError, InputError
 from luser_cli.operators.masks import mask_seed
-from luser_cli.tasks import get_task, is_mri
+from luser_cli.tasks import TaskSpec, get_task
 
 Item = tuple[Tensor, dict[str, Any]]
 
@@ -55,8 +55,12 @@ class TaskImageDataset(Dataset):
         self.image_size = int(image_size)
 
     @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+    @property
     def channels(self) -> int:
-        return get_task(self.task).channels
+        return self.spec.channels
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -86,7 +90,7 @@ class TaskImageDataset(Dataset):
         """``(C, H, W)`` in [0, 1] -> task channels, square ``image_size``, tensor + meta."""
         image = to_task_channels(np.asarray(image, dtype=np.float32), self.task)
         image = resize_square(image, self.image_size)
-        if self.channels != 2:  # resizing can overshoot [0, 1] slightly; MRI imag stays 0
+        if not self.spec.complex_valued:  # resizing can overshoot [0, 1] slightly; MRI imag stays 0
             image = np.clip(image, 0.0, 1.0)
         else:
             image[0] = np.clip(image[0], 0.0, 1.0)
@@ -95,7 +99,7 @@ class TaskImageDataset(Dataset):
             "scale": torch.tensor(float(scale), dtype=torch.float32),
             "offset": torch.tensor(float(offset), dtype=torch.float32),
         }
-        if is_mri(self.task):
+        if self.spec.modality == "mri":
             name, slice_index = mask_key if mask_key is not None else (self.item_name(index), 0)
             meta["mask_seed"] = mask_seed(name, slice_index)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), meta

@@ -8,7 +8,7 @@ from luser_cli.data.base import Item, TaskImageDataset
 from luser_cli.data.builtin_images import builtin_image, resolve_kind, with_random_phase
 from luser_cli.data.splits import item_seed
 from luser_cli.errors import ConfigError
-from luser_cli.tasks import get_task, is_mri
+from luser_cli.tasks import get_task
 
 
 class BuiltinDataset(TaskImageDataset):
@@ -44,7 +44,7 @@ class BuiltinDataset(TaskImageDataset):
             self.kind = resolve_kind(kind, self.channels)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if random_phase and not is_mri(self.task):
+        if random_phase and self.spec.modality != "mri":
             raise ConfigError(f"random phase is for MRI tasks, not {self.task}")
         self.random_phase = bool(random_phase)
 

@@ -11,7 +11,7 @@ import numpy as np
 from luser_cli.data.base import FileSliceDataset, Item, relative_name, visible
 from luser_cli.data.splits import select_split
 from luser_cli.errors import ConfigError, InputError
-from luser_cli.tasks import get_task, is_mri
+from luser_cli.tasks import get_task
 
 FASTMRI_FOLDERS = {"train": "singlecoil_train", "val": "singlecoil_val", "test": "singlecoil_test"}
 _H5_SUFFIXES = (".h5", ".hdf5")
@@ -88,7 +88,7 @@ class FastMRIDataset(FileSliceDataset):
     ) -> None:
         from luser_cli.io.fastmri import open_fastmri
 
-        if not is_mri(get_task(task).name):
+        if get_task(task).modality != "mri":
             raise ConfigError(f"fastMRI data fit the MRI tasks, not {task}")
         super().__init__(task, split, image_size, allow_all=True)
         self.root = Path(root)

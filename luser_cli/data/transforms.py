@@ -29,10 +29,10 @@ def to_task_channels(image: np.ndarray, task: str) -> np.ndarray:
     if c not in (1, 3):
         raise InputError(f"images need 1 or 3 channels, got {c}")
     spec = get_task(task)
-    if spec.channels == 3:
+    if spec.modality == "rgb":
         return np.repeat(image, 3, axis=0) if c == 1 else image
     gray = image if c == 1 else np.tensordot(_LUMA, image, axes=1)[None]
-    if spec.channels == 2:
+    if spec.complex_valued:
         return np.concatenate([gray, np.zeros_like(gray)], axis=0).astype(np.float32)
     return gray.astype(np.float32)
 

@@ -24,10 +24,10 @@ from luser_cli.tasks import get_task
 
 def data_range(task: str, target: np.ndarray, volume_max: float | None = None) -> float:
     """The ``data_range`` the field uses for one target image."""
-    spec = get_task(task)
-    if spec.channels == 3:
+    rule = get_task(task).psnr_data_range
+    if rule == "unit":
         return 1.0
-    if spec.channels == 2:
+    if rule == "volume_max":
         return float(volume_max if volume_max is not None else target.max())
     return float(target.max() - target.min())
 
@@ -84,10 +84,10 @@ def batch_psnr(task: str, target: torch.Tensor, pred: torch.Tensor) -> float:
     t = output_image(task, target.detach()).flatten(1).double()
     p = output_image(task, pred.detach()).flatten(1).double()
     mse = torch.mean((t - p) ** 2, dim=1).clamp_min(1e-20)
-    channels = get_task(task).channels
-    if channels == 3:
+    rule = get_task(task).psnr_data_range
+    if rule == "unit":
         rng = torch.ones_like(mse)
-    elif channels == 2:
+    elif rule == "volume_max":
         rng = t.amax(1)
     else:
         rng = t.amax(1) - t.amin(1)

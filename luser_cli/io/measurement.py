@@ -27,7 +27,7 @@ from luser_cli.io.validate import (
     open_hdf5,
     read_dataset,
 )
-from luser_cli.tasks import TASK_NAMES, PhysicsSettings, get_task, is_mri
+from luser_cli.tasks import TASK_NAMES, PhysicsSettings, get_task
 
 FORMAT_NAME = "luser-measurement"
 FORMAT_VERSION = 1
@@ -122,7 +122,7 @@ def write_measurement(
     if y.ndim < 2:
         raise ValueError(f"measurements must be (N, ...), got shape {y.shape}")
     n = y.shape[0]
-    if is_mri(spec.name) and masks is None:
+    if spec.modality == "mri" and masks is None:
         raise ValueError("MRI measurement files need the masks")
     with h5_in_memory() as f:  # built in memory, then one atomic byte write (full disk: 1 line)
         a = f.attrs
@@ -264,7 +264,7 @@ def _read(p: Path, h5: Any) -> MeasurementFile:
     n = int(ds.shape[0])
 
     masks = None
-    if is_mri(task):
+    if spec.modality == "mri":
         if "masks" not in h5:
             raise InputError(f"{what}: MRI measurement file without a 'masks' dataset")
         m = h5["masks"]
@@ -281,7 +281,7 @@ def _read(p: Path, h5: Any) -> MeasurementFile:
             raise InputError(f"{what}: a mask samples no k-space column")
     elif "masks" in h5:
         raise InputError(f"{what}: 'masks' is only valid for MRI tasks, this file is {task}")
-    if kspace_size is not None and not is_mri(task):
+    if kspace_size is not None and spec.modality != "mri":
         raise InputError(f"{what}: 'kspace_size' is only valid for MRI tasks")
 
     # the stored measurements must have the shape of the operator rebuilt from the settings:
@@ -322,7 +322,7 @@ def _read(p: Path, h5: Any) -> MeasurementFile:
         a = h5["angles"]
         if a.ndim != 1 or a.dtype.kind != "f":
             raise InputError(f"{what}: angles must be a 1D float array, got {a.dtype} {a.shape}")
-        if task == "ct" and a.shape[0] != expected[1]:
+        if spec.modality == "ct" and a.shape[0] != expected[1]:
             raise InputError(
                 f"{what}: {a.shape[0]} angles stored, but the sinograms have {expected[1]}"
             )
@@ -359,9 +359,10 @@ def _measurement_shape(
 ) -> tuple[int, ...]:
     """Shape of one measurement for the stored settings, without building the operator."""
     h, w = image_size
-    if task == "deblur":
+    modality = get_task(task).modality
+    if modality == "rgb":
         return (3, h, w)
-    if is_mri(task):
+    if modality == "mri":
         hk, wk = kspace_size or image_size
         return (2, hk, wk)
     from luser_cli.operators.radon import CTGeometry

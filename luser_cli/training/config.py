@@ -176,7 +176,7 @@ class Preset(_Section):
     def _fbp_fits_task(self) -> Preset:
         from luser_cli.classical.methods import check_method
 
-        if self.model.ray_weight_power and self.task != "ct":
+        if self.model.ray_weight_power and get_task(self.task).modality != "ct":
             raise ValueError(
                 f"model.ray_weight_power: photon-count weights are for CT's post-log Poisson "
                 f"data, not task {self.task!r}; use 0"
