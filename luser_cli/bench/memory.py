@@ -27,7 +27,7 @@ from luser_cli.memprobe.oracle import prime_optimizer
 from luser_cli.memprobe.paper import paper_task
 from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import count_parameters
-from luser_cli.training.batches import Batch, BatchMaker
+from luser_cli.training.batches import Batch, BatchMaker, stack_items
 from luser_cli.training.config import Preset
 from luser_cli.training.step import (
     build_optimizer,
@@ -67,9 +67,7 @@ def build_real_step(preset: Preset, model_name: str, batch: int) -> tuple[Any, A
     data = open_dataset(
         preset.task, "train", preset.image_size, None, preset.train.seed, size=batch
     )
-    items = [data[i] for i in range(batch)]
-    x = torch.stack([it[0] for it in items])
-    meta = {k: torch.as_tensor([it[1][k] for it in items]) for k in items[0][1]}
+    x, meta = stack_items(data, range(batch))
     return model, optimizer, maker.make(x, meta, epoch=0, seed=preset.train.seed)
 
 

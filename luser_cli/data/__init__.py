@@ -20,7 +20,7 @@ from typing import Any
 _EXPORTS = {
     "open_dataset": "sources",
     "detect_kind": "sources",
-    "BUILTIN_SIZES": "sources",
+    "BUILTIN_SIZES": "splits",
     "BuiltinDataset": "builtin",
     "CelebADataset": "celeba",
     "LoDoPaBDataset": "lodopab",

@@ -19,6 +19,7 @@ task, a split without items) is a one-line :class:`~luser_cli.errors.InputError`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -28,13 +29,9 @@ from luser_cli.data.celeba import CelebADataset, celeba_image_folder
 from luser_cli.data.fastmri import FASTMRI_FOLDERS, FastMRIDataset
 from luser_cli.data.folder import FolderDataset, folder_files
 from luser_cli.data.lodopab import LoDoPaBDataset
-from luser_cli.data.splits import normalize_split
+from luser_cli.data.splits import BUILTIN_SIZES, normalize_split
 from luser_cli.errors import ConfigError, InputError
 from luser_cli.tasks import get_task
-
-#: Built-in items per split when ``size`` is not given; the defaults of the presets' ``[data]``
-#: ``train_size`` / ``val_size`` / ``test_size`` (:class:`luser_cli.training.config.DataSettings`).
-BUILTIN_SIZES = {"train": 4096, "val": 16, "test": 32}
 
 #: What each kind holds and which tasks it fits.
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -192,3 +189,20 @@ def open_dataset(
     if size is not None and int(size) < len(ds):
         return LimitedDataset(ds, int(size))
     return ds
+
+
+def open_preset_data(
+    preset: Any, split: str, data: str | Path | None, size: int | None = None
+) -> Dataset:
+    """:func:`open_dataset` for a resolved preset (:class:`luser_cli.training.config.Preset`):
+    its task, image size, seed and built-in kind / MRI phase."""
+    return open_dataset(
+        preset.task,
+        split,
+        preset.image_size,
+        data,
+        preset.train.seed,
+        size=size,
+        builtin=preset.data.builtin,
+        random_phase=preset.data.random_phase,
+    )

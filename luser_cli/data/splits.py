@@ -21,6 +21,10 @@ import hashlib
 
 from luser_cli.errors import ConfigError
 
+#: Built-in items per split when no size is given; the defaults of the presets' ``[data]``
+#: ``train_size`` / ``val_size`` / ``test_size`` (:class:`luser_cli.training.config.DataSettings`).
+BUILTIN_SIZES = {"train": 4096, "val": 16, "test": 32}
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _ALIASES = {
     "train": "train",

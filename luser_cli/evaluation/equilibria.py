@@ -93,27 +93,16 @@ def format_equilibria(probe: dict[str, Any]) -> list[str]:
 def probe_trained(trained: Any, images: int = 2, iterations: int = PROBE_ITERATIONS) -> dict | None:
     """:func:`probe_equilibria` of a loaded run (:class:`luser_cli.runs.TrainedModel`) on the
     first ``images`` built-in test images of its task and size (its preset's data settings)."""
-    from luser_cli.data.sources import open_dataset
+    from luser_cli.data.sources import open_preset_data
     from luser_cli.evaluation.runner import SPLIT_EPOCH
-    from luser_cli.training.batches import BatchMaker
+    from luser_cli.training.batches import BatchMaker, stack_items
 
     preset = trained.preset
     if not trained.model.is_equilibrium():
         return None
     device = next(trained.model.parameters()).device
-    dataset = open_dataset(
-        preset.task,
-        "test",
-        preset.image_size,
-        None,
-        preset.train.seed,
-        size=images,
-        builtin=preset.data.builtin,
-        random_phase=preset.data.random_phase,
-    )
-    items = [dataset[i] for i in range(min(images, len(dataset)))]
-    x = torch.stack([it[0] for it in items])
-    meta = {k: torch.as_tensor([it[1][k] for it in items]) for k in items[0][1]}
+    dataset = open_preset_data(preset, "test", None, images)
+    x, meta = stack_items(dataset, range(min(images, len(dataset))))
     batch = BatchMaker.for_preset(preset, device).make(
         x, meta, SPLIT_EPOCH["test"], preset.train.seed
     )

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from luser_cli.classical.methods import default_method, methods_for, reconstruct_classical
-from luser_cli.data.sources import open_dataset
+from luser_cli.data.sources import open_preset_data
 from luser_cli.evaluation.metrics import mri_volume_max, psnr, ssim, summarize
 from luser_cli.physics import output_image
 from luser_cli.runs import TrainedModel
-from luser_cli.training.batches import BatchMaker
+from luser_cli.training.batches import BatchMaker, stack_items
 from luser_cli.training.convergence import run_backward_convergence
 
 #: ``epoch`` tag of the fixed noise of each evaluation split (training epochs are >= 0).
@@ -84,16 +84,7 @@ def evaluate(
     size = n_images if data is None else None
     if data is None and size is None:
         size = preset.data.test_size if split == "test" else preset.data.val_size
-    dataset = open_dataset(
-        task,
-        split,
-        preset.image_size,
-        data,
-        preset.train.seed,
-        size=size,
-        builtin=preset.data.builtin,
-        random_phase=preset.data.random_phase,
-    )
+    dataset = open_preset_data(preset, split, data, size)
     count = len(dataset) if n_images is None else min(n_images, len(dataset))
     maker = BatchMaker.for_preset(preset, device)
     vmax = mri_volume_max(dataset)
@@ -106,9 +97,7 @@ def evaluate(
     done = 0
     probe: dict[str, Any] | None = None
     for start in range(0, count, batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, count))]
-        x = torch.stack([it[0] for it in items])
-        meta = {k: torch.as_tensor([it[1][k] for it in items]) for k in items[0][1]}
+        x, meta = stack_items(dataset, range(start, min(start + batch_size, count)))
         batch = maker.make(x, meta, epoch, preset.train.seed)
         b = x.shape[0]
         if equilibria and probe is None and model.is_equilibrium():

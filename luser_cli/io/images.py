@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,33 +99,16 @@ def to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
 
 
 # -- PNG / JPEG -----------------------------------------------------------------------------------
-def _read_pil(path: Path) -> np.ndarray:
+@contextmanager
+def pil_errors(what: str) -> Iterator[None]:
+    """Pillow's failures while opening or decoding ``what`` as one-line
+    :class:`~luser_cli.errors.InputError` s (its warnings silenced); InputErrors pass through."""
     from PIL import Image, UnidentifiedImageError
 
-    what = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
-                check_image_dims(h, w, what)  # from the header, before decoding pixels
-                if getattr(im, "n_frames", 1) > 1:
-                    raise InputError(f"{what}: animated/multi-frame images are not supported")
-                mode = im.mode
-                if mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGB")
-                elif mode == "PA":
-                    im = im.convert("RGBA")
-                elif mode == "I":  # 32-bit signed ints: only as 16-bit unsigned data
-                    arr = np.asarray(im)
-                    if arr.min() < 0 or arr.max() > 65535:
-                        raise InputError(f"{what}: 32-bit integer image data are not supported")
-                    arr = arr.astype(np.uint16)
-                    return _hwc_to_chw(to_unit_range(arr, what))
-                im.load()
-                arr = np.asarray(im)
+            yield
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -132,6 +117,32 @@ def _read_pil(path: Path) -> np.ndarray:
         raise InputError(f"{what}: image is too large") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{what}: corrupt or truncated image ({short_error(e)})") from None
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    what = str(path)
+    with pil_errors(what), Image.open(path) as im:
+        w, h = im.size
+        check_image_dims(h, w, what)  # from the header, before decoding pixels
+        if getattr(im, "n_frames", 1) > 1:
+            raise InputError(f"{what}: animated/multi-frame images are not supported")
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB")
+        elif mode == "PA":
+            im = im.convert("RGBA")
+        elif mode == "I":  # 32-bit signed ints: only as 16-bit unsigned data
+            arr = np.asarray(im)
+            if arr.min() < 0 or arr.max() > 65535:
+                raise InputError(f"{what}: 32-bit integer image data are not supported")
+            arr = arr.astype(np.uint16)
+            return _hwc_to_chw(to_unit_range(arr, what))
+        im.load()
+        arr = np.asarray(im)
     if arr.dtype.kind == "u" and arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return _hwc_to_chw(to_unit_range(arr, what))

@@ -7,7 +7,6 @@ instead of failing mid-training after a checkpoint.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from luser_cli.errors import InputError
@@ -37,19 +36,12 @@ def check_input_header(path: str | Path) -> None:
 
 
 def _check_pil(path: Path) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not a readable PNG/JPEG image") from None
-    except Image.DecompressionBombError:
-        raise InputError(f"{path}: image is too large") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({short_error(e)})") from None
+    from luser_cli.io.images import pil_errors
+
+    with pil_errors(str(path)), Image.open(path) as im:
+        w, h = im.size
     check_image_dims(h, w, str(path))
 
 

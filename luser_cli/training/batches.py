@@ -7,8 +7,9 @@ a batch is the same whatever the batching, sharding or resume point.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -35,6 +36,15 @@ def training_noise_seed(seed: int, epoch: int, index: int) -> int:
     :func:`luser_cli.simulate.file_noise_seed` (``luser simulate``'s noise): each keeps its own
     formula because checkpoints, bench results and simulated files depend on the numbers."""
     return (seed * 1_000_003 + (epoch + 1) * 7_919 * 1_000_033 + index * 104_729) % (2**63 - 1)
+
+
+def stack_items(dataset: Any, indices: Iterable[int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Items ``indices`` of ``dataset`` (``(image, meta)`` pairs) as a batch: images
+    ``(B, C, H, W)`` and each metadata key as a ``(B,)`` tensor."""
+    items = [dataset[i] for i in indices]
+    x = torch.stack([it[0] for it in items])
+    meta = {key: torch.as_tensor([it[1][key] for it in items]) for key in items[0][1]}
+    return x, meta
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from luser_cli.data.sources import BUILTIN_SIZES
+from luser_cli.data.splits import BUILTIN_SIZES
 from luser_cli.errors import ConfigError
 from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from luser_cli.data.sources import open_dataset
+from luser_cli.data.sources import open_preset_data
 from luser_cli.devices import resolve_device
 from luser_cli.errors import CheckpointError, ConfigError, LuserError, OutputError
 from luser_cli.evaluation.metrics import batch_psnr
@@ -35,7 +35,7 @@ from luser_cli.models.registry import count_parameters
 from luser_cli.models.unrolled import ReconstructionModel
 from luser_cli.tasks import get_task
 from luser_cli.training import checkpoint as ckpt
-from luser_cli.training.batches import BatchMaker
+from luser_cli.training.batches import BatchMaker, stack_items
 from luser_cli.training.config import Preset, preset_to_toml
 from luser_cli.training.convergence import (
     backward_convergence,
@@ -59,7 +59,7 @@ from luser_cli.training.step import (
     clip_gradients,
     forward_backward,
 )
-from luser_cli.training.validation import stack_items, validate
+from luser_cli.training.validation import validate
 
 PLOT_EVERY_S = 60.0  # least seconds between redraws of training_curve.png during a run
 
@@ -112,26 +112,9 @@ class Trainer(CheckpointsAndRecovery):
         torch.manual_seed(self.seed)
         self.maker = BatchMaker.for_preset(preset, self.device)
         builtin = preset.data.path is None  # train_size caps only the built-in data
-        self.train_set = open_dataset(
-            preset.task,
-            "train",
-            preset.image_size,
-            preset.data.path,
-            self.seed,
-            size=preset.data.train_size if builtin else None,
-            builtin=preset.data.builtin,
-            random_phase=preset.data.random_phase,
-        )
-        self.val_set = open_dataset(
-            preset.task,
-            "val",
-            preset.image_size,
-            preset.data.path,
-            self.seed,
-            size=preset.data.val_size,
-            builtin=preset.data.builtin,
-            random_phase=preset.data.random_phase,
-        )
+        train_size = preset.data.train_size if builtin else None
+        self.train_set = open_preset_data(preset, "train", preset.data.path, train_size)
+        self.val_set = open_preset_data(preset, "val", preset.data.path, preset.data.val_size)
         self.plan = BatchPlan(
             len(self.train_set), t.batch_size, self.seed, self.dist.rank, self.dist.world_size
         )
@@ -182,7 +165,7 @@ class Trainer(CheckpointsAndRecovery):
         n = step + 1  # the step number of metrics.jsonl and of LUSER_FAULT_INJECT
         self.net.train()
         epoch = self.plan.epoch_of(step)
-        x, meta = stack_items(self.plan.local_batch(step), self.train_set)
+        x, meta = stack_items(self.train_set, self.plan.local_batch(step))
         batch = self.maker.make(x, meta, epoch, self.seed)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)

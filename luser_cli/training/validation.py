@@ -5,23 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from luser_cli.evaluation.metrics import mri_volume_max, psnr, ssim
 from luser_cli.physics import output_image
-from luser_cli.training.batches import Batch, BatchMaker
+from luser_cli.training.batches import Batch, BatchMaker, stack_items
 from luser_cli.training.distributed import DistContext
 
 VAL_EPOCH = -1  # noise tag of the validation split (see evaluation.runner.SPLIT_EPOCH)
-
-
-def stack_items(indices: list[int], dataset: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """Items ``indices`` of ``dataset`` as a batch: images ``(B, C, H, W)`` and each metadata
-    key as a ``(B,)`` tensor."""
-    items = [dataset[i] for i in indices]
-    x = torch.stack([it[0] for it in items])
-    meta = {key: torch.as_tensor([it[1][key] for it in items]) for key in items[0][1]}
-    return x, meta
 
 
 @torch.no_grad()
@@ -45,7 +36,7 @@ def validate(
     ssims: list[float] = []
     vmax = mri_volume_max(dataset)
     for start in range(0, len(indices), batch_size):
-        x, meta = stack_items(indices[start : start + batch_size], dataset)
+        x, meta = stack_items(dataset, indices[start : start + batch_size])
         b: Batch = maker.make(x, meta, VAL_EPOCH, seed)
         out = model(b.y, b.op, b.x0)
         t_img = output_image(task, b.x).cpu().numpy()
