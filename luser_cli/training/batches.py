@@ -15,9 +15,7 @@ import torch
 from torch import Tensor
 
 from luser_cli.operators.base import LinearOperator
-from luser_cli.operators.noise import NoiseModel
 from luser_cli.physics import (
-    build_noise,
     build_operator,
     initial_estimate,
     mri_masks,
@@ -71,7 +69,6 @@ class BatchMaker:
         self.image_size = image_size
         self.physics = physics
         self.device = device
-        self.noise: NoiseModel = build_noise(self.task, physics)
         self._fixed_op: LinearOperator | None = None
         if not isinstance(physics, MRIPhysics):
             self._fixed_op = build_operator(self.task, image_size, physics).to(device)
@@ -102,7 +99,7 @@ class BatchMaker:
         op = self.operator(mask_seeds)
         with torch.no_grad():
             seeds = [training_noise_seed(seed, epoch, i) for i in index]
-            y = op.measure(x, seeded_generators(seeds), noise=self.noise)
+            y = op.measure(x, seeded_generators(seeds))  # the operator's own noise
             x0 = initial_estimate(self.task, op, y, self.initial)
         return Batch(x=x, y=y, x0=x0, op=op)
 
