@@ -180,18 +180,10 @@ def output_image(task: str | TaskSpec, x: Tensor) -> Tensor:
     return x
 
 
-def simulate_seeded(
-    op: LinearOperator, noise: NoiseModel, x: Tensor, seeds: Sequence[int]
-) -> Tensor:
-    """Like :func:`simulate`, with the noise of item ``i`` drawn from its own ``seeds[i]``.
-
-    Per-item seeds make a measurement independent of how items are batched or sharded across
-    processes, which is what exact resume and distributed training rely on.
-    """
-    return op.measure(x, seeded_generators(seeds), noise=noise)
-
-
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU ``torch.Generator`` per seed, ``manual_seed(int(seed))``: the per-item
-    ``generator`` argument of :meth:`~luser_cli.operators.base.LinearOperator.measure`."""
+    ``generator`` argument of :meth:`~luser_cli.operators.base.LinearOperator.measure`.
+
+    Per-item seeds make a measurement independent of how items are batched or sharded across
+    processes, which is what exact resume and distributed training rely on."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
