@@ -129,6 +129,18 @@ def train(
         "--fp-graph",
         help="Equilibrium layers: recompute the block in backward (least memory) or keep its graph",
     ),
+    jacobian_penalty: float | None = typer.Option(
+        None,
+        "--jacobian-penalty",
+        help="Weight of the Jacobian regulariser (||J||_F^2 at each fixed point) in the loss; "
+        "keeps equilibria contractive (0: off).",
+    ),
+    stages: int | None = typer.Option(None, "--stages", help="K, the number of unrolled stages."),
+    init_gain: float | None = typer.Option(
+        None,
+        "--init-gain",
+        help="LUSER: starting gain of each block's last GroupNorm (initialisation only).",
+    ),
     bf16: bool | None = typer.Option(
         None, "--bf16/--no-bf16", help="bfloat16 autocast (CUDA, or CPUs with AMX / AVX-512 BF16)."
     ),
@@ -205,6 +217,9 @@ def train(
             "train.save_every": save_every,
             "train.val_every": val_every,
             "train.bf16": bf16,
+            "train.jacobian_penalty": jacobian_penalty,
+            "model.init_gain": init_gain,
+            "model.stages": stages,
             "data.path": data,
             "data.train_size": train_size,
             "data.builtin": builtin,

@@ -131,7 +131,15 @@ class DEQ4IP(ReconstructionModel):
         params = [p for p in self.parameters() if p.requires_grad]
         with frozen_batchnorm_stats(self.prox):
             x, info = equilibrium(
-                step, back_project, (y,), params, x0, self.equilibrium, probe=self.jacobian_probe
+                step,
+                back_project,
+                (y,),
+                params,
+                x0,
+                self.equilibrium,
+                probe=self.jacobian_probe,
+                # The whole batch: the operator's masks / ray weights are per sample.
+                penalty=y.shape[0] if self.jacobian_penalty and self.training else 0,
             )
         info["stage"] = 0
         self.records = [info]

@@ -8,12 +8,14 @@ from luser_cli.errors import ConfigError
 from luser_cli.models.data_steps import DataConsistency, GradientStep
 from luser_cli.models.deq4ip import DEQ4IP
 from luser_cli.models.dncnn import DnCNN
-from luser_cli.models.shallow_block import ShallowEquilibriumBlock
+from luser_cli.models.shallow_block import INIT_GAIN, ShallowEquilibriumBlock
 from luser_cli.models.unrolled import LoopUnrolled, ReconstructionModel
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.tasks import get_task
 
 MODEL_NAMES: tuple[str, ...] = ("lu-dncnn", "deq4ip", "luser-sw", "luser-dw")
+#: The models whose prox is LUSER's shallow equilibrium block.
+SHALLOW_BLOCK_MODELS: tuple[str, ...] = ("luser-sw", "luser-dw")
 
 DESCRIPTIONS: dict[str, str] = {
     "lu-dncnn": "loop unrolled, K stages, shared 17-layer DnCNN prox, backprop through all stages",
@@ -44,6 +46,7 @@ def build_model(
     data_consistency: DataConsistency | None = None,
     deq4ip_norm: str = "batch",
     deq4ip_anchor: float = 0.0,
+    init_gain: float = INIT_GAIN,
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
@@ -52,7 +55,9 @@ def build_model(
     each shallow block owns them); ``data_consistency`` the stages' data-consistency step, a
     module of :mod:`luser_cli.models.data_steps` built from the physics
     (:func:`~luser_cli.models.data_steps.data_step_from_physics`; the paper's gradient step if
-    None); ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`).
+    None); ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`);
+    ``init_gain``: LUSER's starting gain of each block's last GroupNorm
+    (:class:`~luser_cli.models.shallow_block.ShallowEquilibriumBlock`).
     """
     check_model_name(name)
     channels = get_task(task).channels
@@ -76,7 +81,10 @@ def build_model(
             anchor=deq4ip_anchor,
         )
     blocks = 1 if name == "luser-sw" else stages
-    prox = [ShallowEquilibriumBlock(channels, equilibrium=eq) for _ in range(blocks)]
+    prox = [
+        ShallowEquilibriumBlock(channels, equilibrium=eq, init_gain=init_gain)
+        for _ in range(blocks)
+    ]
     return LoopUnrolled(
         name=name, prox=prox, stages=stages, step_scale=step_scale, data_consistency=data
     )

@@ -29,6 +29,8 @@ from luser_cli.solvers.equilibrium import SolveInfo, equilibrium
 
 DATA_GROUPS = 8  # GroupNorm groups in the data layer (4 channels each)
 SLOPE = 0.1
+#: Starting gain of Mix's last GroupNorm (see :meth:`ShallowEquilibriumBlock._init_contractive`).
+INIT_GAIN = 0.01
 
 
 class _ChannelNormFunction(torch.autograd.Function):
@@ -96,15 +98,23 @@ class ShallowEquilibriumBlock(nn.Module):
     """Learned proximal update of one LUSER stage: ``d -> (r*, info)`` (``r*`` the residual,
     same shape as d; ``info`` its solve's statistics), solved with the settings ``equilibrium``
     (defaults if None). ``jacobian_probe``: power iterations of the Jacobian estimate added to
-    ``info`` (0: none; diagnostics)."""
+    ``info`` (0: none; diagnostics). ``jacobian_penalty``: in training, also return the
+    differentiable Jacobian regulariser of one sample in ``info`` (``jacobian_frobenius``).
+    ``init_gain``: the starting gain of Mix's last GroupNorm (see :meth:`_init_contractive`)."""
 
     def __init__(
-        self, channels: int, features: int = 32, *, equilibrium: EquilibriumConfig | None = None
+        self,
+        channels: int,
+        features: int = 32,
+        *,
+        equilibrium: EquilibriumConfig | None = None,
+        init_gain: float = INIT_GAIN,
     ) -> None:
         super().__init__()
         #: Solver settings of the fixed point (plain attribute: not in the state dict).
         self.equilibrium = equilibrium if equilibrium is not None else EquilibriumConfig()
         self.jacobian_probe = 0
+        self.jacobian_penalty = False
         f, f2 = features, 2 * features
         self.inject = nn.Sequential(sn_conv(channels, f), _act(), sn_conv(f, f), _act())
         self.data = nn.Sequential(
@@ -129,10 +139,10 @@ class ShallowEquilibriumBlock(nn.Module):
             _act(),
             sn_conv(f2, channels),
         )
-        self._init_contractive()
+        self._init_contractive(init_gain)
 
     @torch.no_grad()
-    def _init_contractive(self) -> None:
+    def _init_contractive(self, gain: float) -> None:
         """Start from a contractive map that barely changes its input (initialisation only;
         the architecture is Table 1's).
 
@@ -146,7 +156,9 @@ class ShallowEquilibriumBlock(nn.Module):
           image's own size at initialisation is noise added eight times (measured: LUSER-SW
           started at 19x the error of its initial estimate, and the first Adam step blew the
           loss up 4x more). Spectral normalisation fixes the scale of every convolution, so
-          the output scale is set by the gain of the last GroupNorm of Mix: 0.01. Its kernels
+          the output scale is set by the gain of the last GroupNorm of Mix (``gain``, 0.01 by
+          default; it also sets how contractive the map starts: see the preset's
+          ``model.init_gain``). Its kernels
           are made zero-mean and its bias zero, so the LeakyReLU's non-zero mean does not
           become a constant offset in every stage's output.
 
@@ -155,7 +167,7 @@ class ShallowEquilibriumBlock(nn.Module):
         and the loss then falls from the first step instead of jumping up.
         """
         self.data[0].bias.normal_(0.0, 3.0)
-        self.mix[4].weight.fill_(0.01)
+        self.mix[4].weight.fill_(gain)
         last = self.mix[6]
         w = last.parametrizations.weight.original
         w.sub_(w.mean(dim=(2, 3), keepdim=True))
@@ -200,4 +212,6 @@ class ShallowEquilibriumBlock(nn.Module):
             d.new_zeros(d.shape),
             self.equilibrium,
             probe=self.jacobian_probe,
+            # One sample per step: the block treats samples independently (GroupNorm).
+            penalty=1 if self.jacobian_penalty and self.training else 0,
         )

@@ -70,6 +70,9 @@ class ReconstructionModel(nn.Module):
     #: Diagnostics: power iterations of the Jacobian spectral-radius estimate recorded per
     #: equilibrium in :attr:`records` (``jacobian_spectral_radius``); 0 = none (the default).
     jacobian_probe: int = 0
+    #: Training: each equilibrium also returns the differentiable Jacobian regulariser in its
+    #: record (``jacobian_frobenius``, see :func:`~luser_cli.solvers.equilibrium.equilibrium`).
+    jacobian_penalty: bool = False
 
     def __init__(
         self, *, step_scale: float, data_consistency: DataConsistency | None = None
@@ -135,6 +138,7 @@ class LoopUnrolled(ReconstructionModel):
         self.prox = nn.ModuleList(prox)
         self._equilibrium = any(hasattr(p, "equilibrium") for p in self.prox)
         self._jacobian_probe = 0
+        self._jacobian_penalty = False
 
     def is_equilibrium(self) -> bool:
         return self._equilibrium
@@ -153,6 +157,18 @@ class LoopUnrolled(ReconstructionModel):
         for p in self.prox:
             if hasattr(p, "jacobian_probe"):
                 p.jacobian_probe = self._jacobian_probe
+
+    @property  # type: ignore[override]
+    def jacobian_penalty(self) -> bool:
+        return self._jacobian_penalty
+
+    @jacobian_penalty.setter
+    def jacobian_penalty(self, on: bool) -> None:
+        """Set on every equilibrium prox."""
+        self._jacobian_penalty = bool(on)
+        for p in self.prox:
+            if hasattr(p, "jacobian_penalty"):
+                p.jacobian_penalty = self._jacobian_penalty
 
     def forward(
         self, y: Tensor, op: LinearOperator, x0: Tensor, return_intermediates: bool = False

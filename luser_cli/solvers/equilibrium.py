@@ -64,6 +64,7 @@ def equilibrium(
     cfg: EquilibriumConfig,
     *,
     probe: int = 0,
+    penalty: int = 0,
 ) -> tuple[Tensor, SolveInfo]:
     """The fixed point ``z* = step(z*, inject(*inputs))``, differentiable by implicit gradients.
 
@@ -83,6 +84,15 @@ def equilibrium(
             (:func:`~luser_cli.solvers.jacobian.jacobian_spectral_radius`) and return it in
             ``info`` as ``jacobian_spectral_radius`` ``(B,)``. Diagnostics only: ``z*`` is
             unchanged.
+        penalty: if > 0 and the call is differentiable (training), also return in ``info`` as
+            ``jacobian_frobenius`` ``(n,)`` the differentiable estimate of ``||J||_F^2 / n`` at
+            ``z*`` (:func:`~luser_cli.solvers.jacobian.jacobian_frobenius_sq`; Bai et al.'s
+            Jacobian regulariser) of the first ``n = min(penalty, B)`` samples, for the caller
+            to add to its loss. Its double backward costs about as much as the rest of a
+            training step per sample, and the batch order is random, so one sample per step is
+            an unbiased, cheap estimate where ``step`` treats samples independently. ``u`` is
+            recomputed from detached inputs: the penalty trains the map, not the layers before
+            it.
 
     Returns:
         ``(z*, info)``. ``z*`` ``(B, ...)``: with grad enabled and some input/param requiring
@@ -110,6 +120,12 @@ def equilibrium(
         _probe(step, u, z, probe, info)
         return z, info
     z = _Equilibrium.apply(step, inject, cfg, info, probe, len(inputs), z0, *inputs, *params)
+    if penalty:
+        from luser_cli.solvers.jacobian import jacobian_frobenius_sq
+
+        n = min(int(penalty), z.shape[0])
+        u = inject(*(t.detach() for t in inputs))[:n]
+        info["jacobian_frobenius"] = jacobian_frobenius_sq(lambda r: step(r, u), z[:n])
     return z, info
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 
 from luser_cli.data.splits import BUILTIN_SIZES
 from luser_cli.errors import ConfigError
+from luser_cli.models.shallow_block import INIT_GAIN
 from luser_cli.models.unrolled import DataStep
 from luser_cli.physics import InitialEstimate, resolve_physics
 from luser_cli.solvers.config import EquilibriumConfig
@@ -80,6 +81,14 @@ class ModelSettings(_Section):
         "the map contract on the null space of A (step clamped to [0, 2/(1+mu)]); unset = "
         f"{DEQ4IP_ANCHOR} for new runs (0 for checkpoints from before this setting)",
     )
+    init_gain: float = Field(
+        INIT_GAIN,
+        gt=0,
+        le=1,
+        description="LUSER only: starting gain of the last GroupNorm of each shallow block, "
+        "which sets the scale of its first residuals and how contractive its map starts "
+        "(PyTorch's default is 1; initialisation only)",
+    )
 
 
 class TrainSettings(_Section):
@@ -115,6 +124,13 @@ class TrainSettings(_Section):
     )
     aux_loss: bool = Field(False, description="the loss on every intermediate x_k as well")
     grad_clip: float | None = Field(1.0, gt=0)
+    jacobian_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the Jacobian regulariser (Bai et al. 2021) added to the loss: "
+        "the Hutchinson estimate of ||J||_F^2 / n at each equilibrium's fixed point, averaged "
+        "over equilibria; keeps the fixed-point maps contractive (equilibrium models; 0 = off)",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of data order, noise and weights")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = each epoch")
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch")

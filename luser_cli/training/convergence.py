@@ -93,6 +93,13 @@ def solver_summary(records: list[dict], tol: float | None = None) -> dict[str, f
         res = [r["forward_residual"] for r in records if "forward_residual" in r]
         if res:
             out["fp_nonconverged"] = float(sum(int((r > tol).sum()) for r in res))
+    frob = [
+        r["jacobian_frobenius"].detach().float().mean()
+        for r in records
+        if "jacobian_frobenius" in r
+    ]
+    if frob:
+        out["fp_jacobian_frobenius"] = float(torch.stack(frob).mean())  # the penalty's value
     bwd_ok = step_backward_converged(records)
     if bwd_ok is not None:
         out[STEP_KEY] = bwd_ok  # fraction of this step's backward solves that converged

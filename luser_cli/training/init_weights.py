@@ -20,6 +20,10 @@ from luser_cli.training import checkpoint as ckpt
 OPERATOR_BUFFERS = ("step_scale",)
 
 
+#: Model settings that only shape a fresh initialisation: loaded weights make them moot.
+INIT_ONLY = frozenset({"init_gain"})
+
+
 def load_init_weights(
     model: ReconstructionModel,
     ref: str,
@@ -64,7 +68,7 @@ def load_init_weights(
     differ = [
         f"{k} {theirs.get(k)!r} -> {v!r}"
         for k, v in model_settings.items()
-        if k in theirs and theirs.get(k) != v
+        if k in theirs and theirs.get(k) != v and k not in INIT_ONLY
     ]
     if differ:
         log(f"warning: --init weights were trained with other model settings: {'; '.join(differ)}")

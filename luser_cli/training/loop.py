@@ -56,6 +56,7 @@ from luser_cli.training.signals import deferred_stop_signals
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
+    check_equilibrium_settings,
     clip_gradients,
     forward_backward,
 )
@@ -107,6 +108,7 @@ class Trainer(CheckpointsAndRecovery):
             raise ConfigError(
                 f"batch size {t.batch_size} does not split over {self.dist.world_size} processes"
             )
+        check_equilibrium_settings(preset, model_name)
         # The run folder is checked first: a wrong --resume fails before anything is built.
         self._resumable = self._open_run_everywhere()
         torch.manual_seed(self.seed)

@@ -11,8 +11,10 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
+from luser_cli.errors import ConfigError
 from luser_cli.models.data_steps import data_step_from_physics
-from luser_cli.models.registry import build_model
+from luser_cli.models.registry import SHALLOW_BLOCK_MODELS, build_model, is_equilibrium_model
+from luser_cli.models.shallow_block import INIT_GAIN
 from luser_cli.models.unrolled import ReconstructionModel
 from luser_cli.solvers.config import EquilibriumConfig
 from luser_cli.training.batches import Batch, reconstruction_loss
@@ -38,7 +40,19 @@ def build_training_model(
         ),
         deq4ip_norm=preset.model.deq4ip_norm or "batch",
         deq4ip_anchor=preset.model.deq4ip_anchor or 0.0,
+        init_gain=preset.model.init_gain,
     )
+
+
+def check_equilibrium_settings(preset: Preset, model_name: str) -> None:
+    """A one-line error for equilibrium settings given to a model that has no use for them."""
+    if preset.train.jacobian_penalty > 0 and not is_equilibrium_model(model_name):
+        raise ConfigError(
+            f"--jacobian-penalty needs an equilibrium model (deq4ip, luser-sw, luser-dw), "
+            f"not {model_name}"
+        )
+    if preset.model.init_gain != INIT_GAIN and model_name not in SHALLOW_BLOCK_MODELS:
+        raise ConfigError(f"--init-gain is a LUSER setting; {model_name} has no shallow block")
 
 
 def build_optimizer(model: nn.Module, t: TrainSettings) -> torch.optim.Optimizer:
@@ -65,13 +79,29 @@ def forward_backward(
     t: TrainSettings,
     device: torch.device,
 ) -> tuple[Tensor | tuple[Tensor, list[Tensor]], Tensor]:
-    """Zero the gradients, run the model and the loss, backpropagate. Returns (output, loss)."""
+    """Zero the gradients, run the model and the loss, backpropagate. Returns (output, loss):
+    ``loss`` is the reconstruction loss; with ``t.jacobian_penalty`` the backpropagated
+    objective also holds that weight times :func:`jacobian_penalty_of` the model's records."""
     optimizer.zero_grad(set_to_none=True)
+    model = getattr(net, "module", net)  # DistributedDataParallel wraps the model
+    model.jacobian_penalty = t.jacobian_penalty > 0
     with autocast_for(t, device):
         output = net(batch.y, batch.op, batch.x0, return_intermediates=t.aux_loss)
         loss = reconstruction_loss(batch.x, output, t.aux_loss, t.loss)
-    loss.backward()
+    objective = loss
+    if t.jacobian_penalty > 0:
+        penalty = jacobian_penalty_of(model.records)
+        if penalty is not None:
+            objective = loss + t.jacobian_penalty * penalty
+    objective.backward()
     return output, loss
+
+
+def jacobian_penalty_of(records: list[dict]) -> Tensor | None:
+    """The mean over equilibria and samples of their ``jacobian_frobenius`` (a differentiable
+    scalar), or None when no record holds one (a model without equilibria)."""
+    terms = [r["jacobian_frobenius"].mean() for r in records if "jacobian_frobenius" in r]
+    return torch.stack(terms).mean() if terms else None
 
 
 def clip_gradients(model: nn.Module, t: TrainSettings) -> Tensor:
