@@ -33,7 +33,7 @@ from luser_cli.memprobe.tracker import StorageTracker, track_training_state
 from luser_cli.models.registry import MODEL_NAMES
 from luser_cli.operators.radon import CTGeometry, ParallelBeamRadon
 from luser_cli.training.batches import BatchMaker
-from luser_cli.training.config import apply_overrides
+from luser_cli.training.config import Preset, apply_overrides
 from luser_cli.training.step import (
     build_optimizer,
     build_training_model,
@@ -130,7 +130,7 @@ def _real_step_peak(
     """Peak of live tensor storage during a REAL training step on CPU (block_bytes 512), built
     the way ``luser train`` builds it (BatchMaker data path); everything alive before the step
     (model, optimiser state, batch, operator) is registered with the tracker."""
-    preset = probe_preset(task, size, graph)
+    preset = probe_preset(task, size, graph).for_model(model_name)  # as Trainer resolves it
     torch.manual_seed(0)
     maker = BatchMaker.for_preset(preset, torch.device("cpu"))
     op0 = maker.operator()
@@ -329,6 +329,84 @@ def test_sim_peak_matches_cuda_max_memory_allocated(model_name: str) -> None:
     sim = SimOracle("deblur", model_name, 64).simulate(BATCH)
     print(f"{model_name}: sim {sim / 2**20:.1f} MiB, cuda {real / 2**20:.1f} MiB")
     assert abs(sim - real) <= 0.25 * real, (sim, real)
+
+
+# -- DEQ4IP as `luser train` builds it for a new run ---------------------------------------------
+class _Built(Exception):
+    """Raised by the patched model builder once it has recorded what the trainer passed."""
+
+
+def _trainer_preset(
+    monkeypatch: pytest.MonkeyPatch, preset: Preset, model_name: str, run: Path
+) -> Preset:
+    """The preset ``Trainer`` (``luser train``) hands to ``build_training_model`` for a new
+    ``model_name`` run of ``preset`` (stopped there: nothing is trained)."""
+    from luser_cli.training import loop
+
+    seen: dict[str, Preset] = {}
+
+    def capture(p: Preset, name: str, **kwargs) -> None:
+        assert name == model_name
+        seen["preset"] = p
+        raise _Built
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "build_training_model", capture)
+        with pytest.raises(_Built):
+            loop.Trainer(preset, model_name, run, device="cpu", progress=False, log=lambda _: None)
+    return seen["preset"]
+
+
+@pytest.mark.parametrize(
+    ("task", "recipe"), [("ct", "paper"), ("ct", "shipped"), ("mri4x", "shipped")]
+)
+def test_memprobe_builds_the_deq4ip_that_training_builds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, task: str, recipe: str
+) -> None:
+    """Both oracles probe the DEQ4IP a new ``luser train`` run trains (fixed-affine norm and
+    data-step anchor filled in by the trainer), not the preset's unset fields (the original
+    BatchNorm-with-batch-statistics map of old checkpoints)."""
+    base = probe_preset(task, 16, recipe=recipe)
+    trained = _trainer_preset(monkeypatch, base, "deq4ip", tmp_path / "run")
+    expected = build_training_model(trained, "deq4ip", step_scale=1.0)
+    assert expected.norm == "fixed" and expected.anchor > 0  # the contractive DEQ4IP
+    old = build_training_model(base, "deq4ip", step_scale=1.0)
+    assert (old.norm, old.anchor) != (expected.norm, expected.anchor)  # so the test can fail
+
+    sim = SimOracle(task, "deq4ip", preset=base)
+    assert sim.preset.model == trained.model and sim.preset.solver == trained.solver
+    model = sim._open()["model"]
+    assert (type(model), model.norm, model.anchor) == (
+        type(expected),
+        expected.norm,
+        expected.anchor,
+    )
+    default = SimOracle(task, "deq4ip", 16) if recipe == "shipped" else sim  # no preset given
+    assert default.preset.model == trained.model
+
+    # the cuda oracle, built on the CPU with a pretend GPU
+    for name in (
+        "set_per_process_memory_fraction",
+        "empty_cache",
+        "synchronize",
+        "reset_peak_memory_stats",
+    ):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 0)
+    cuda = CudaOracle(task, "deq4ip", preset=base, device="cpu")
+    assert cuda.preset.model == trained.model
+    model = cuda._open()["model"]
+    assert (model.norm, model.anchor) == (expected.norm, expected.anchor)
+
+
+def test_memprobe_leaves_other_models_as_training_builds_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    base = probe_preset("ct", 16, recipe="paper")
+    for name in ("lu-dncnn", "luser-dw"):
+        trained = _trainer_preset(monkeypatch, base, name, tmp_path / name)
+        assert SimOracle("ct", name, preset=base).preset.model == trained.model == base.model
 
 
 def test_cuda_backend_without_a_gpu_is_a_clean_error() -> None:

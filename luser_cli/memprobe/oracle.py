@@ -1,12 +1,13 @@
 """``fits(batch)`` oracles: does one training step at this batch size fit a GPU of N GB?
 
 Both oracles run ONE FULL TRAINING STEP exactly as ``luser train`` does, through the same
-functions of :mod:`luser_cli.training.step`: the model from :func:`build_training_model`, the
-optimiser from :func:`build_optimizer`, :func:`forward_backward` (zero grad, forward, loss,
-backward), :func:`clip_gradients` and ``optimizer.step()``. Before the measured step the
-optimiser's state is allocated by one zero-gradient step (:func:`prime_optimizer`), so the step
-measured is a steady-state step (Adam's two moment buffers per parameter exist from the second
-step of training on).
+functions of :mod:`luser_cli.training.step`: the model from :func:`build_training_model` for
+the preset as the trainer resolves it for that model (``Preset.for_model``: DEQ4IP's
+fixed-affine norm and anchor of new runs), the optimiser from :func:`build_optimizer`,
+:func:`forward_backward` (zero grad, forward, loss, backward), :func:`clip_gradients` and
+``optimizer.step()``. Before the measured step the optimiser's state is allocated by one
+zero-gradient step (:func:`prime_optimizer`), so the step measured is a steady-state step
+(Adam's two moment buffers per parameter exist from the second step of training on).
 
 * :class:`~luser_cli.memprobe.cuda_oracle.CudaOracle` (``cuda``): the real thing on a GPU. The
   process is capped at the capacity with ``torch.cuda.set_per_process_memory_fraction``; the
@@ -114,15 +115,18 @@ class OracleCase:
         preset: Preset | None,
     ) -> None:
         """Check the task and model (one-line errors) and set the case: the probed preset
-        (:func:`luser_cli.memprobe.presets.probe_preset` unless given), its image size, the
-        allowance, and empty caches."""
+        (:func:`luser_cli.memprobe.presets.probe_preset` unless given) as ``luser train``
+        trains it for this model (``Preset.for_model``: e.g. DEQ4IP's ``model.deq4ip_norm``
+        and ``model.deq4ip_anchor`` of new runs), its image size, the allowance, and empty
+        caches."""
         from luser_cli.memprobe.presets import probe_preset
 
         get_task(task)
         check_model_name(model_name)
         self.task = task
         self.model_name = model_name
-        self.preset = preset if preset is not None else probe_preset(task, image_size)
+        base = preset if preset is not None else probe_preset(task, image_size)
+        self.preset = base.for_model(model_name)  # what `luser train` builds (Trainer)
         self.image_size = self.preset.image_size
         self.allowance = allowance if allowance is not None else Allowance()
         self._peaks: dict[int, int] = {}

@@ -10,8 +10,11 @@ RTX 6000; how the 8 and 10 GB figures were obtained is not stated.
 
 from __future__ import annotations
 
+from luser_cli.tasks import TASKS
+
 __all__ = [
     "PAPER_CAPACITIES_GB",
+    "PAPER_GROUP_OF_MODALITY",
     "PAPER_MAX_BATCH",
     "PAPER_PARAMETERS",
     "paper_max_batch",
@@ -23,7 +26,10 @@ __all__ = [
 #: GPU capacities of Table 3, GB.
 PAPER_CAPACITIES_GB: tuple[int, ...] = (8, 10, 24)
 
-#: task -> model -> {GPU GB: max batch}; 0 = "–".
+#: Table 3's row group of each task modality (``TaskSpec.modality``): one data set each.
+PAPER_GROUP_OF_MODALITY: dict[str, str] = {"rgb": "deblur", "ct": "ct", "mri": "mri"}
+
+#: row group -> model -> {GPU GB: max batch}; 0 = "–".
 PAPER_MAX_BATCH: dict[str, dict[str, dict[int, int]]] = {
     "deblur": {
         "lu-dncnn": {8: 1, 10: 1, 24: 4},
@@ -45,7 +51,7 @@ PAPER_MAX_BATCH: dict[str, dict[str, dict[int, int]]] = {
     },
 }
 
-#: task -> model -> trainable parameters as printed in Table 3 (deblur LU-DnCNN, DEQ4IP and
+#: row group -> model -> trainable parameters as printed in Table 3 (deblur LU-DnCNN, DEQ4IP and
 #: LUSER-SW there include the 243 entries of the 9x9x3 blur kernel; ours do not).
 PAPER_PARAMETERS: dict[str, dict[str, int]] = {
     "deblur": {"lu-dncnn": 558_580, "deq4ip": 558_580, "luser-sw": 96_503, "luser-dw": 770_073},
@@ -55,11 +61,10 @@ PAPER_PARAMETERS: dict[str, dict[str, int]] = {
 
 
 def paper_task(task: str) -> str | None:
-    """The Table 3 row group of one of our tasks (mri4x and mri8x share the MRI rows: the
-    acceleration does not change the memory)."""
-    if task.startswith("mri"):
-        return "mri"
-    return task if task in PAPER_MAX_BATCH else None
+    """The Table 3 row group of one of our tasks, by its modality (mri4x and mri8x share the
+    MRI rows: the acceleration does not change the memory); None for an unknown name."""
+    spec = TASKS.get(task)
+    return None if spec is None else PAPER_GROUP_OF_MODALITY.get(spec.modality)
 
 
 def paper_max_batch(task: str, model: str, gpu_gb: float) -> int | None:

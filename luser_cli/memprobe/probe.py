@@ -318,7 +318,7 @@ def _run_parallel(
 
     try:
         # cheap tasks first so that workers start while the expensive ones (CT) are prepared
-        for task in sorted({p[0] for p in pairs}, key=lambda t: t == "ct"):
+        for task in sorted({p[0] for p in pairs}, key=lambda t: get_task(t).modality == "ct"):
             reporter.status(f"{task}: operator norm (real tensors)")
             prepared[task] = prepare(probe_preset(task, job["image_size"], None, job["recipe"]))
             submit_ready()

@@ -63,6 +63,12 @@ def sim_equilibrium(cfg: EquilibriumConfig, iterations: int = SIM_ITERATIONS) ->
     )
 
 
+def _radon_task(task: str) -> bool:
+    """Whether ``task``'s operator is the parallel-beam Radon transform (``TaskSpec.modality``
+    ``ct``): the one :class:`RadonStandIn` can replace."""
+    return get_task(task).modality == "ct"
+
+
 def _batch_masks(preset: Preset, batch: int) -> Tensor | None:
     """Per-item MRI masks ``(batch, W)`` seeded by item index, as ``BatchMaker`` does."""
     physics = preset.physics_settings()
@@ -96,7 +102,7 @@ def prepare(preset: Preset, radon: str = "stand-in") -> Prepared:
         op = build_operator(preset.task, preset.image_size, preset.physics)
         norm_sq = float(op.norm_sq())
         args = None
-        if preset.task == "ct" and radon == "stand-in":
+        if _radon_task(preset.task) and radon == "stand-in":
             args = stand_in_args(preset)
         _PREPARED[key] = Prepared(norm_sq=norm_sq, radon=args)
     return _PREPARED[key]
@@ -195,7 +201,7 @@ class SimOracle(OracleCase):
             "simulated_batches": sorted(self._peaks),
             "sim_seconds": round(sum(self._seconds.values()), 2),
             "fixed_point_iterations": self.iterations,
-            "ct_operator": self.radon if self.task == "ct" else None,
+            "ct_operator": self.radon if _radon_task(self.task) else None,
         }
 
     # -- simulation ----------------------------------------------------------------------------
