@@ -11,13 +11,16 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from luser_cli.errors import ConfigError
 from luser_cli.io.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from luser_cli.training.config import Preset
 
 
 @dataclass(frozen=True)
@@ -52,28 +55,34 @@ class QuickstartSettings:
         if self.data_step is None:
             object.__setattr__(self, "data_step", model.data_step)
 
+    def flag_values(self) -> dict[str, Any]:
+        """The ``luser train`` flags this job sets (:data:`luser_cli.cli.flags.FLAGS` names), in
+        the order the command line prints them; None: the preset's."""
+        return {
+            "image_size": self.image_size,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "initial": self.initial,
+            "data_step": self.data_step,
+            "loss": self.loss,
+            "seed": self.seed,
+            "fp_tol": self.tol,
+            "bwd_tol": self.tol,
+            "lr": self.lr,  # as `luser train --lr`: it also replaces the per-model rates
+        }
+
+    def preset(self) -> Preset:
+        """The task's preset with this job's flags: what the training runs with."""
+        from luser_cli.cli.flags import apply_flags
+        from luser_cli.training.config import preset_for_task
+
+        return apply_flags(preset_for_task(self.task), self.flag_values())
+
     def train_args(self, run: Path) -> list[str]:
-        """The equivalent ``luser train`` command (:func:`luser_cli.training.command`)."""
+        """The equivalent ``luser train`` command (:mod:`luser_cli.training.command`)."""
         from luser_cli.training.command import train_args
 
-        tol = self.tol
-        return train_args(
-            self.task,
-            [
-                ("--model", self.model),
-                ("--image-size", self.image_size),
-                ("--steps", self.steps),
-                ("--batch-size", self.batch_size),
-                ("--initial", self.initial),
-                ("--data-step", self.data_step),
-                ("--loss", self.loss),
-                ("--seed", self.seed),
-                ("--out", run),
-                ("--fp-tol", tol),
-                ("--bwd-tol", tol),
-                ("--lr", self.lr),
-            ],
-        )
+        return train_args(self.task, self.flag_values(), model=self.model, out=run)
 
 
 def _sample_png(task: str, image_size: int, seed: int, path: Path) -> None:
@@ -97,25 +106,10 @@ def run_quickstart(
     from luser_cli.reconstruct import reconstruct_file
     from luser_cli.runs import load_trained
     from luser_cli.simulate import simulate_file
-    from luser_cli.training.config import apply_overrides, lr_overrides, preset_for_task
     from luser_cli.training.loop import Trainer
 
     s = settings
-    preset = apply_overrides(
-        preset_for_task(s.task),
-        {
-            "image_size": s.image_size,
-            "train.steps": s.steps,
-            "train.batch_size": s.batch_size,
-            **lr_overrides(s.lr),  # as `luser train --lr`
-            "train.seed": s.seed,
-            "model.initial": s.initial,
-            "model.data_step": s.data_step,
-            "train.loss": s.loss,
-            "solver.forward.tol": s.tol,
-            "solver.backward.tol": s.tol,
-        },
-    )
+    preset = s.preset()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder; choose a folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from luser_cli.errors import CheckpointError, ConfigError, InputError
 from luser_cli.io.images import IMAGE_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 from luser_cli.io.validate import hdf5_errors, open_hdf5
 from luser_cli.operators.base import LinearOperator
-from luser_cli.tasks import get_task
+from luser_cli.tasks import get_task, tasks_reading
 
 #: A reconstruction method: ``(task, op, y) -> x``.
 Method = Callable[[str, LinearOperator, Tensor], Tensor]
@@ -152,11 +152,13 @@ class Source:
         self.closer()
 
 
-def _check_task_option(task: str | None, allowed: tuple[str, ...], what: str) -> None:
-    if task is not None:
-        get_task(task)
-        if task not in allowed:
-            raise ConfigError(f"{what} needs --task {' or '.join(allowed)}, not {task}")
+def _check_task_option(task: str | None, file_format: str, what: str) -> tuple[str, ...]:
+    """The tasks that read ``file_format`` (:attr:`~luser_cli.tasks.TaskSpec.file_formats`);
+    a one-line error if the user's ``--task`` is not one of them."""
+    allowed = tasks_reading(file_format)
+    if task is not None and file_format not in get_task(task).file_formats:
+        raise ConfigError(f"{what} needs --task {' or '.join(allowed)}, not {task}")
+    return allowed
 
 
 def open_source(path: str | Path, task: str | None = None) -> Source:
@@ -220,21 +222,21 @@ def _fastmri_source(p: Path, task: str | None) -> Source:
     from luser_cli.io.fastmri import open_fastmri
     from luser_cli.physics import build_operator, mri_masks, resolve_physics
 
-    _check_task_option(task, ("mri4x", "mri8x"), "a fastMRI file")
+    readers = _check_task_option(task, "fastmri", "a fastMRI file")
     fm = open_fastmri(p)
     physics = resolve_physics(task) if task is not None else None
     try:
         hk, wk = fm.kspace_size
         if fm.mask is not None:
             if task is None:
-                task = "mri8x" if fm.attrs.get("acceleration") == 8 else "mri4x"
+                task = _task_of_acceleration(readers, fm.attrs.get("acceleration"))
             mask = torch.from_numpy(fm.mask)[None]
             op_shared = build_operator(task, fm.crop_size, masks=mask, kspace_size=(hk, wk))
         else:
             if task is None:
+                choices = " or ".join(f"--task {t}" for t in readers)
                 raise ConfigError(
-                    f"{p} is fully sampled: pass --task mri4x or --task mri8x to undersample it "
-                    "retrospectively"
+                    f"{p} is fully sampled: pass {choices} to undersample it retrospectively"
                 )
             op_shared = None
         fm.check_values()
@@ -265,11 +267,21 @@ def _fastmri_source(p: Path, task: str | None) -> Source:
     return Source("fastmri", p, task, fm.n_slices, fm.crop_size, None, batch, fm.close, attrs)
 
 
+def _task_of_acceleration(readers: tuple[str, ...], acceleration: Any) -> str:
+    """The fastMRI task whose default undersampling is ``acceleration`` (the file's), else the
+    first (4x)."""
+    for name in readers:
+        if getattr(get_task(name).physics_defaults, "acceleration", None) == acceleration:
+            return name
+    return readers[0]
+
+
 def _lodopab_source(p: Path, task: str | None) -> Source:
     from luser_cli.io.lodopab import LODOPAB_ANGLES, LODOPAB_IMAGE_SIZE, open_lodopab
     from luser_cli.physics import build_operator
 
-    _check_task_option(task, ("ct",), "a LoDoPaB file")
+    readers = _check_task_option(task, "lodopab", "a LoDoPaB file")
+    task = task or readers[0]
     lf = open_lodopab(p)
     try:
         if lf.kind != "observation":
@@ -279,7 +291,7 @@ def _lodopab_source(p: Path, task: str | None) -> Source:
             )
         lf.check_values()
         op = build_operator(
-            "ct", LODOPAB_IMAGE_SIZE, {"angles_total": LODOPAB_ANGLES, "angle_step": 1}
+            task, LODOPAB_IMAGE_SIZE, {"angles_total": LODOPAB_ANGLES, "angle_step": 1}
         )
     except BaseException:
         lf.close()
@@ -289,7 +301,7 @@ def _lodopab_source(p: Path, task: str | None) -> Source:
         return op, torch.from_numpy(lf.samples(start, stop))[:, None]
 
     size = (LODOPAB_IMAGE_SIZE, LODOPAB_IMAGE_SIZE)
-    return Source("lodopab", p, "ct", lf.n, size, None, batch, lf.close, {"source": p.name})
+    return Source("lodopab", p, task, lf.n, size, None, batch, lf.close, {"source": p.name})
 
 
 # -- the whole job --------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ A task fixes the channel count (3 for RGB deblurring, 1 for CT, 2 = real/imag fo
 physics (operator + noise, configured by a typed :mod:`pydantic` model), the initial estimate
 (``y`` for deblurring, ``A^T y`` for CT and MRI) and the classical baselines. Behaviour that
 differs between tasks reads :class:`TaskSpec` fields (``modality``, ``complex_valued``,
-``has_fbp``, ``psnr_data_range``, ``display``), never the task name: a new task is a new
-:class:`TaskSpec` (and its operator) plus registrations.
+``has_fbp``, ``psnr_data_range``, ``display``, ``builtin_kind``, ``file_formats``), never the
+task name: a new task is a new :class:`TaskSpec` (and its operator) plus registrations.
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ class TaskSpec:
     has_fbp: bool
     psnr_data_range: DataRangeRule
     display: DisplayRule
+    #: what ``--builtin auto`` generates (:mod:`luser_cli.data.builtin_images`).
+    builtin_kind: Literal["photos", "ellipses"]
+    #: public data sets whose files ``luser reconstruct`` reads for this task (``lodopab``
+    #: observations, ``fastmri`` single-coil k-space).
+    file_formats: tuple[str, ...]
 
     def settings_class(self) -> type[BaseModel]:
         """The class of this task's physics settings (``CTPhysics``, ...)."""
@@ -124,6 +129,8 @@ TASKS: dict[str, TaskSpec] = {
         has_fbp=False,
         psnr_data_range="unit",
         display="as_is",
+        builtin_kind="photos",
+        file_formats=(),
     ),
     "ct": TaskSpec(
         name="ct",
@@ -138,6 +145,8 @@ TASKS: dict[str, TaskSpec] = {
         has_fbp=True,
         psnr_data_range="image_range",
         display="as_is",
+        builtin_kind="ellipses",
+        file_formats=("lodopab",),
     ),
     "mri4x": TaskSpec(
         name="mri4x",
@@ -152,6 +161,8 @@ TASKS: dict[str, TaskSpec] = {
         has_fbp=False,
         psnr_data_range="volume_max",
         display="magnitude",
+        builtin_kind="ellipses",
+        file_formats=("fastmri",),
     ),
     "mri8x": TaskSpec(
         name="mri8x",
@@ -166,8 +177,15 @@ TASKS: dict[str, TaskSpec] = {
         has_fbp=False,
         psnr_data_range="volume_max",
         display="magnitude",
+        builtin_kind="ellipses",
+        file_formats=("fastmri",),
     ),
 }
+
+
+def tasks_reading(file_format: str) -> tuple[str, ...]:
+    """The tasks whose :attr:`TaskSpec.file_formats` include ``file_format``, in table order."""
+    return tuple(name for name, spec in TASKS.items() if file_format in spec.file_formats)
 
 
 def get_task(name: str) -> TaskSpec:

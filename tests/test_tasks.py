@@ -10,14 +10,15 @@ from luser_cli.classical.methods import check_method
 from luser_cli.errors import ConfigError
 from luser_cli.evaluation.metrics import data_range
 from luser_cli.physics import output_image
-from luser_cli.tasks import TASK_NAMES, TASKS, get_task
+from luser_cli.tasks import TASK_NAMES, TASKS, get_task, tasks_reading
 
-# name: channels, modality, complex_valued, has_fbp, psnr_data_range, display
+# name: channels, modality, complex_valued, has_fbp, psnr_data_range, display, builtin_kind,
+# file_formats
 EXPECTED = {
-    "deblur": (3, "rgb", False, False, "unit", "as_is"),
-    "ct": (1, "ct", False, True, "image_range", "as_is"),
-    "mri4x": (2, "mri", True, False, "volume_max", "magnitude"),
-    "mri8x": (2, "mri", True, False, "volume_max", "magnitude"),
+    "deblur": (3, "rgb", False, False, "unit", "as_is", "photos", ()),
+    "ct": (1, "ct", False, True, "image_range", "as_is", "ellipses", ("lodopab",)),
+    "mri4x": (2, "mri", True, False, "volume_max", "magnitude", "ellipses", ("fastmri",)),
+    "mri8x": (2, "mri", True, False, "volume_max", "magnitude", "ellipses", ("fastmri",)),
 }
 
 
@@ -31,7 +32,7 @@ def test_task_table_is_the_four_tasks() -> None:
 def test_task_fields(name: str) -> None:
     s = get_task(name)
     got = (s.channels, s.modality, s.complex_valued, s.has_fbp, s.psnr_data_range, s.display)
-    assert got == EXPECTED[name]
+    assert (*got, s.builtin_kind, s.file_formats) == EXPECTED[name]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -53,6 +54,12 @@ def test_fbp_only_for_the_ct_task() -> None:
         check_method("zero-filled", "deblur")
     with pytest.raises(ConfigError, match=r"^method 'input' needs task deblur; task ct offers"):
         check_method("input", "ct")
+
+
+def test_file_formats_pick_the_tasks_that_read_them() -> None:
+    assert tasks_reading("lodopab") == ("ct",)
+    assert tasks_reading("fastmri") == ("mri4x", "mri8x")
+    assert tasks_reading("nifti") == ()
 
 
 def test_data_range_rule_per_task() -> None:

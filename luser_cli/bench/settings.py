@@ -13,12 +13,7 @@ from luser_cli.bench.paper import LOSSES
 from luser_cli.errors import ConfigError
 from luser_cli.models.registry import MODEL_NAMES, check_model_name
 from luser_cli.tasks import TASK_NAMES, get_task
-from luser_cli.training.config import (
-    Preset,
-    apply_overrides,
-    paper_preset_for_task,
-    paper_preset_name,
-)
+from luser_cli.training.config import Preset, paper_preset_for_task, paper_preset_name
 
 __all__ = [
     "DEFAULTS",
@@ -97,20 +92,24 @@ class BenchSettings:
             if not (loss == "aux" and m in NO_AUX_MODELS)
         ]
 
+    def flag_values(self, loss: str) -> dict[str, Any]:
+        """The ``luser train`` flags of a cell (:data:`luser_cli.cli.flags.FLAGS` names): the
+        bench's settings, the only overrides of the paper-recipe preset."""
+        return {
+            "image_size": self.image_size,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "aux_loss": loss == "aux",
+            "val_size": VAL_SIZE,
+        }
+
     def preset(self, task: str, loss: str) -> Preset:
         """The task's paper-recipe preset (``ct-paper`` for CT) with the bench's settings (the
         only overrides)."""
-        return apply_overrides(
-            paper_preset_for_task(task),
-            {
-                "image_size": self.image_size,
-                "train.steps": self.steps,
-                "train.batch_size": self.batch_size,
-                "train.seed": self.seed,
-                "train.aux_loss": loss == "aux",
-                "data.val_size": VAL_SIZE,
-            },
-        )
+        from luser_cli.cli.flags import apply_flags
+
+        return apply_flags(paper_preset_for_task(task), self.flag_values(loss))
 
     def cell_dir(self, task: str, model: str, loss: str) -> Path:
         return self.out / cell_name(task, model, loss)
@@ -121,17 +120,10 @@ class BenchSettings:
 
         return train_command(
             task,
-            [
-                ("--preset", paper_preset_name(task)),
-                ("--model", model),
-                ("--image-size", self.image_size),
-                ("--steps", self.steps),
-                ("--batch-size", self.batch_size),
-                ("--seed", self.seed),
-                ("--aux-loss" if loss == "aux" else "--final-loss", True),
-                ("--val-size", VAL_SIZE),
-                ("--out", self.cell_dir(task, model, loss)),
-            ],
+            self.flag_values(loss),
+            preset=paper_preset_name(task),
+            model=model,
+            out=self.cell_dir(task, model, loss),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from luser_cli.bench.settings import DEFAULTS
 from luser_cli.cli.app import app
+from luser_cli.cli.flags import flag_option
 from luser_cli.cli.options import set_threads, sort_extras, split_values
 
 
@@ -20,25 +22,19 @@ def bench(
     model: list[str] | None = typer.Option(
         None, "--model", "-m", help="Models (default: lu-dncnn deq4ip luser-sw luser-dw)."
     ),
-    steps: int | None = typer.Option(
-        None, "--steps", help="Training steps per model (default 100)."
+    steps: int | None = flag_option(None, "steps", note=f"default {DEFAULTS.steps}"),
+    image_size: int | None = flag_option(
+        None, "image_size", note=f"training and test; default {DEFAULTS.image_size}"
     ),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Image side in pixels for training and test (default 32)."
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 4)."),
+    batch_size: int | None = flag_option(None, "batch_size", note=f"default {DEFAULTS.batch_size}"),
     eval_images: int | None = typer.Option(
         None, "--eval-images", help="Held-out built-in test images per task (default 16)."
     ),
-    aux_loss: bool | None = typer.Option(
-        None,
-        "--aux-loss/--final-loss",
-        help="Train with the auxiliary loss on every x_k, or on the final output only (default).",
-    ),
+    aux_loss: bool | None = flag_option(None, "aux_loss", note="default: the final output only"),
     both_losses: bool = typer.Option(
         False, "--both-losses", help="Run every model with both losses (paper Table 2's columns)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for data, weights and order."),
+    seed: int | None = flag_option(None, "seed", note=f"default {DEFAULTS.seed}"),
     out: Path | None = typer.Option(
         None, "--out", help="Folder for the runs (default runs/bench, or runs/bench-quick)."
     ),
@@ -72,7 +68,7 @@ def bench(
     from luser_cli.bench.machine import command_line
     from luser_cli.bench.report import markdown_report, plot_report
     from luser_cli.bench.runner import BenchRun, run_bench
-    from luser_cli.bench.settings import DEFAULTS, QUICK, replace_settings
+    from luser_cli.bench.settings import QUICK, replace_settings
     from luser_cli.io.atomic import atomic_write, check_writable
 
     set_threads(threads)

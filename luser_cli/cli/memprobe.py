@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from luser_cli.cli.app import app
+from luser_cli.cli.flags import flag_option
 from luser_cli.cli.options import set_threads, sort_extras, split_values
 
 _HELP_TAIL = (
@@ -40,9 +41,7 @@ def memprobe(
     model: list[str] | None = typer.Option(
         None, "--model", "-m", help="Models (default: lu-dncnn deq4ip luser-sw luser-dw)."
     ),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Image side in pixels (default: each preset's: 128, 362, 320)."
-    ),
+    image_size: int | None = flag_option(None, "image_size", note="default: each task preset's"),
     backend: str = typer.Option(
         "auto", "--backend", help="auto (cuda if a GPU is present, else sim), sim or cuda."
     ),
@@ -60,14 +59,7 @@ def memprobe(
         "--fragmentation",
         help="sim: extra fraction for caching-allocator fragmentation (0.10 = 10 %).",
     ),
-    fp_graph: str | None = typer.Option(
-        None,
-        "--fp-graph",
-        help=(
-            "What the equilibrium layers keep for backward: recompute (ours, default) or keep "
-            "(the graph of one block application, as torchdeq and the paper's code)."
-        ),
-    ),
+    fp_graph: str | None = flag_option(None, "fp_graph", note="default: the preset's"),
     recipe: str = typer.Option(
         "shipped",
         "--recipe",

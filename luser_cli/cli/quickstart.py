@@ -7,39 +7,36 @@ from pathlib import Path
 import typer
 
 from luser_cli.cli.app import app
+from luser_cli.cli.flags import flag_option
 from luser_cli.cli.options import set_threads
+from luser_cli.quickstart import QuickstartSettings
+
+#: The README's job: its class attributes are the field defaults, the options' defaults below.
+_DEFAULT = QuickstartSettings
 
 
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder."),
-    task: str = typer.Option("ct", "--task", "-t", help="deblur, ct, mri4x or mri8x."),
-    model: str = typer.Option("luser-dw", "--model", "-m", help="Model to train."),
-    image_size: int = typer.Option(64, "--image-size", help="Image side in pixels."),
-    steps: int = typer.Option(500, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Batch size."),
-    lr: float | None = typer.Option(
-        None, "--lr", help="Learning rate (default: the task preset's, per model)."
-    ),
-    initial: str | None = typer.Option(
-        None, "--initial", help="Initial estimate (default: the task preset's: fbp for CT)."
-    ),
-    data_step: str | None = typer.Option(
-        None,
-        "--data-step",
-        help="Data-consistency step (default: fbp for CT, the paper's gradient otherwise).",
-    ),
-    loss: str = typer.Option(
-        "psnr", "--loss", help="Training loss: psnr (mean per-image 10 log10 MSE) or mse."
-    ),
+    task: str = typer.Option(_DEFAULT.task, "--task", "-t", help="deblur, ct, mri4x or mri8x."),
+    model: str = typer.Option(_DEFAULT.model, "--model", "-m", help="Model to train."),
+    image_size: int = flag_option(_DEFAULT.image_size, "image_size"),
+    steps: int = flag_option(_DEFAULT.steps, "steps"),
+    batch_size: int = flag_option(_DEFAULT.batch_size, "batch_size", "-b"),
+    lr: float | None = flag_option(None, "lr", note="default: the task preset's, per model"),
+    initial: str | None = flag_option(None, "initial", note="default: the task preset's"),
+    data_step: str | None = flag_option(None, "data_step", note="default: the task preset's"),
+    loss: str = flag_option(_DEFAULT.loss, "loss"),
     tol: float | None = typer.Option(
-        1e-2,
+        _DEFAULT.tol,
         "--tol",
         help="Forward and backward fixed-point tolerance (looser than the preset's, which "
         "keeps the late steps cheap).",
     ),
-    eval_images: int = typer.Option(128, "--eval-images", help="Held-out images to evaluate on."),
-    seed: int = typer.Option(0, "--seed", help="Seed."),
+    eval_images: int = typer.Option(
+        _DEFAULT.eval_images, "--eval-images", help="Held-out images to evaluate on."
+    ),
+    seed: int = flag_option(_DEFAULT.seed, "seed"),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
@@ -47,7 +44,7 @@ def quickstart(
     reconstruct a held-out sample: the whole workflow on a fresh machine, offline."""
     from luser_cli.errors import ConfigError
     from luser_cli.models.registry import check_model_name
-    from luser_cli.quickstart import QuickstartSettings, run_quickstart
+    from luser_cli.quickstart import run_quickstart
     from luser_cli.tasks import get_task
 
     get_task(task)

@@ -41,7 +41,7 @@ class BuiltinDataset(TaskImageDataset):
         self.seed = int(seed)
         item_seed(self.seed, self.split, self.size - 1)  # validates seed and size up front
         try:
-            self.kind = resolve_kind(kind, self.channels)
+            self.kind = resolve_kind(kind, self.spec)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if random_phase and self.spec.modality != "mri":
@@ -60,7 +60,7 @@ class BuiltinDataset(TaskImageDataset):
     def __getitem__(self, index: int) -> Item:
         index = self._check_index(index)
         s = item_seed(self.seed, self.split, index)
-        image = builtin_image(self.kind, self.channels, self.split, self.image_size, s)
+        image = builtin_image(self.kind, self.spec, self.split, self.image_size, s)
         out, meta = self._finish(
             image, index, mask_key=(f"builtin-{self.split}-{self.seed}", index)
         )

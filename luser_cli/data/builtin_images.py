@@ -34,6 +34,7 @@ from luser_cli.data.phantoms import random_ellipses
 from luser_cli.data.photos import photo_patch
 from luser_cli.data.scans import scan_patch
 from luser_cli.data.transforms import to_task_channels
+from luser_cli.tasks import TaskSpec
 
 #: Peak attenuation of the built-in CT ellipse phantoms (LoDoPaB units, 1 = 81.36 / m): 0.35 is
 #: about 28 / m, dense soft tissue. At 1.0 (the ellipse phantom's own [0, 1] range) the body is
@@ -48,16 +49,15 @@ BUILTIN_KINDS = ("auto", "ellipses", "photos", "mix", "scans", "mix-scans")
 PHASE_GRID = 4
 
 
-def resolve_kind(kind: str, channels: int) -> str:
-    """``auto`` -> ``photos`` (RGB deblurring) or ``ellipses``; other kinds unchanged."""
+def resolve_kind(kind: str, spec: TaskSpec) -> str:
+    """``auto`` -> the task's :attr:`~luser_cli.tasks.TaskSpec.builtin_kind` (photos for
+    deblurring, ellipses otherwise); other kinds unchanged."""
     if kind not in BUILTIN_KINDS:
         raise ValueError(f"unknown built-in data kind {kind!r}; known: {', '.join(BUILTIN_KINDS)}")
-    if kind == "auto":
-        return "photos" if channels == 3 else "ellipses"
-    return kind
+    return spec.builtin_kind if kind == "auto" else kind
 
 
-def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) -> np.ndarray:
+def builtin_image(kind: str, spec: TaskSpec, split: str, size: int, seed: int) -> np.ndarray:
     """One built-in ground truth ``(C, size, size)`` for item seed ``seed``, before the task's
     channel conversion (:func:`luser_cli.data.transforms.to_task_channels` turns RGB into grey
     and grey into RGB or real + zero imaginary part).
@@ -65,10 +65,12 @@ def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) ->
     ``kind`` is resolved with :func:`resolve_kind`. Photos are RGB in ``[0, 1]``, except for CT,
     where they are grey scaled to a random peak in :data:`CT_PHOTO_PEAK`; ellipse phantoms are
     1 channel in ``[0, 1]``, scaled to :data:`CT_PHANTOM_MAX` for CT (1 channel); MR slice
-    patches are 1 channel in ``[0, 1]``, scaled like the photos for CT. The ``auto``, ``photos``,
+    patches are 1 channel in ``[0, 1]``, scaled like the photos for CT (the ``ct`` modality:
+    attenuation maps, 1 channel). The ``auto``, ``photos``,
     ``ellipses`` and ``mix`` kinds give bit-identical images to earlier luser versions.
     """
-    kind = resolve_kind(kind, channels)
+    kind = resolve_kind(kind, spec)
+    attenuation = spec.modality == "ct"
     if kind == "mix":
         kind = "photos" if np.random.default_rng([seed, 1]).random() < 0.5 else "ellipses"
     elif kind == "mix-scans":
@@ -76,13 +78,13 @@ def builtin_image(kind: str, channels: int, split: str, size: int, seed: int) ->
     if kind in ("photos", "scans"):
         patch = photo_patch if kind == "photos" else scan_patch
         image = patch(split, size, seed)
-        if channels != 1:
+        if not attenuation:
             return image
         lo, hi = CT_PHOTO_PEAK
         peak = np.float32(np.random.default_rng([seed, 2]).uniform(lo, hi))
         return to_task_channels(image, "ct") * peak
     image = random_ellipses(size, seed)[None]
-    return image * CT_PHANTOM_MAX if channels == 1 else image
+    return image * CT_PHANTOM_MAX if attenuation else image
 
 
 def with_random_phase(image: np.ndarray, seed: int) -> np.ndarray:

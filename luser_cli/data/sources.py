@@ -31,14 +31,14 @@ from luser_cli.data.folder import FolderDataset, folder_files
 from luser_cli.data.lodopab import LoDoPaBDataset
 from luser_cli.data.splits import BUILTIN_SIZES, normalize_split
 from luser_cli.errors import ConfigError, InputError
-from luser_cli.tasks import get_task
+from luser_cli.tasks import TASK_NAMES, get_task, tasks_reading
 
 #: What each kind holds and which tasks it fits.
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "celeba": ("CelebA face photos", ("deblur",)),
-    "lodopab": ("LoDoPaB-CT data", ("ct",)),
-    "fastmri": ("fastMRI single-coil data", ("mri4x", "mri8x")),
-    "folder": ("images / volumes", ("deblur", "ct", "mri4x", "mri8x")),
+    "lodopab": ("LoDoPaB-CT data", tasks_reading("lodopab")),
+    "fastmri": ("fastMRI single-coil data", tasks_reading("fastmri")),
+    "folder": ("images / volumes", TASK_NAMES),
 }
 
 

@@ -31,7 +31,7 @@ class SolverConfig(_Strict):
     """
 
     method: SolverName = "anderson"
-    max_iter: int = Field(30, ge=1, description="maximum evaluations of f (bounds the solve)")
+    max_iter: int = Field(30, ge=1, description="most evaluations of the map (bounds the solve)")
     tol: float = Field(1e-3, ge=0, description="relative residual at which a sample has converged")
     history: int = Field(5, ge=1, le=64, description="Anderson memory m (past iterates mixed)")
     regularization: float = Field(
@@ -75,10 +75,22 @@ class EquilibriumConfig(_Strict):
     Gradients are identical.
     """
 
-    forward: SolverConfig = SolverConfig()
-    backward: SolverConfig = SolverConfig()
-    backward_mode: Literal["implicit", "jfb"] = "implicit"
-    graph: GraphMode = "recompute"
+    forward: SolverConfig = Field(SolverConfig(), description="forward fixed-point solve z = f(z)")
+    backward: SolverConfig = Field(
+        SolverConfig(), description="backward fixed-point solve g = J^T g + grad (implicit)"
+    )
+    backward_mode: Literal["implicit", "jfb"] = Field(
+        "implicit",
+        description="implicit = the implicit-function gradient, exact only where the backward "
+        "solve converges ('bwd ok' in the progress bar); jfb = Jacobian-free backprop, an "
+        "approximation that skips the backward solve",
+    )
+    graph: GraphMode = Field(
+        "recompute",
+        description="what equilibrium layers keep for backward: recompute = only z* and the "
+        "inputs, one block application recomputed (least memory); keep = the graph of that "
+        "application, as torchdeq and the paper's code",
+    )
 
     def with_fixed_iterations(self, fixed: bool = True) -> EquilibriumConfig:
         """A copy whose forward and backward solves run exactly ``max_iter`` evaluations.

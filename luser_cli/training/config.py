@@ -47,7 +47,7 @@ DEQ4IP_ANCHOR = 0.01
 
 
 class ModelSettings(_Section):
-    stages: int = Field(8, ge=1, le=64, description="K, unrolled stages")
+    stages: int = Field(8, ge=1, le=64, description="K, the number of unrolled stages")
     initial: InitialEstimate = Field(
         "auto",
         description="initial estimate x0: auto = the paper's (y for deblur, A^T y / ||A||^2 "
@@ -93,11 +93,16 @@ class ModelSettings(_Section):
 
 class TrainSettings(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0, lt=1, description="Adam's learning rate")
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description="the optimiser's learning rate (a given --lr also replaces model_lr)",
+    )
     model_lr: dict[str, float] = Field(
         default_factory=dict,
-        description="learning rate per model name, replacing lr for that model "
-        "(ct.toml: deq4ip = 1e-3); an explicit --lr replaces both",
+        description="learning rate per model name, replacing lr for that model; an explicit "
+        "--lr replaces both",
     )
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["none", "cosine", "wsd"] = Field(
@@ -114,9 +119,15 @@ class TrainSettings(_Section):
         description="linear learning-rate warm-up from lr / warmup_steps over these steps "
         "(Adam's first sign steps otherwise wreck the model)",
     )
-    epochs: int = Field(50, ge=1)
-    steps: int | None = Field(None, ge=1, description="if set, overrides epochs")
-    batch_size: int = Field(4, ge=1, le=4096)
+    epochs: int = Field(
+        50, ge=1, description="epochs over the training split (unless steps is set)"
+    )
+    steps: int | None = Field(
+        None, ge=1, description="optimiser steps of the run; if set, overrides epochs"
+    )
+    batch_size: int = Field(
+        4, ge=1, le=4096, description="global batch size (split over the processes)"
+    )
     loss: Literal["mse", "psnr"] = Field(
         "mse",
         description="mse = the paper's mean squared error; psnr = mean over images of "
@@ -151,7 +162,11 @@ class TrainSettings(_Section):
 
 
 class DataSettings(_Section):
-    path: str | None = Field(None, description="data set folder; built-in data when omitted")
+    path: str | None = Field(
+        None,
+        description="data folder (CelebA, LoDoPaB-CT, fastMRI, images or NIfTI volumes); "
+        "built-in data when omitted",
+    )
     train_size: int = Field(
         BUILTIN_SIZES["train"], ge=1, description="built-in training items per epoch"
     )
@@ -174,7 +189,7 @@ class DataSettings(_Section):
 
 class Preset(_Section):
     task: Literal["deblur", "ct", "mri4x", "mri8x"]
-    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
+    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE, description="image side in pixels")
     physics: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     model: ModelSettings = ModelSettings()
     solver: EquilibriumConfig = EquilibriumConfig()
