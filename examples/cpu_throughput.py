@@ -55,7 +55,9 @@ EXACT = {"tol": 1e-12, "max_iter": 8}
 def worker(args: argparse.Namespace) -> None:
     """One contention case in this fresh process; prints one JSON line."""
     startup = None
-    if args.setting != "torch":  # before torch is imported, as the CLI does
+    if args.setting.startswith("spin-"):  # OpenMP's default policy, spinning N iterations
+        os.environ["GOMP_SPINCOUNT"] = args.setting.removeprefix("spin-")
+    elif args.setting != "torch":  # before torch is imported, as the CLI does
         from luser_cli import runtime
 
         argv = ["--threads", "1"] if args.setting == "threads-1" else []
@@ -116,16 +118,27 @@ def _tv_case(args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------------- helpers
-def _run(args: list[str], pythonpath: Path | None, env_extra: dict | None = None) -> dict:
+def _run(
+    args: list[str],
+    pythonpath: Path | None,
+    env_extra: dict | None = None,
+    timeout: float | None = None,
+) -> dict:
     """``python cpu_throughput.py ARGS`` in a fresh process with no thread variables set but
-    ``env_extra``; returns the JSON of its last stdout line."""
+    ``env_extra``; returns the JSON of its last stdout line (``{"timed_out": seconds}`` when it
+    ran past ``timeout``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.pop("OMP_WAIT_POLICY", None)
     env.update(env_extra or {})
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    try:
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"timed_out": timeout}
     if proc.returncode != 0:
         raise RuntimeError(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -314,6 +327,7 @@ def cmd_contention(args: argparse.Namespace) -> dict:
     doc: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "rows": []}
     doc["machine"] = _machine()
     doc["settings"] = {"steps": args.steps, "warmup": 1, "image_size": args.size, "batch": 4}
+    doc["settings_order"] = list(args.settings)
     for busy in args.busy:
         spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
         try:
@@ -324,11 +338,15 @@ def cmd_contention(args: argparse.Namespace) -> dict:
                 for setting in args.settings:
                     extra = ["--kind", kind, "--task", "ct", "--size", str(args.size)]
                     extra += ["--batch", batch, "--steps", str(args.steps), "--warmup", "1"]
-                    res = _run(["worker", "--setting", setting, *extra], ROOT)
+                    res = _run(["worker", "--setting", setting, *extra], ROOT, None, args.timeout)
+                    if "timed_out" in res:  # a case stuck behind spinning threads
+                        row[setting], row[f"{setting}_timed_out_s"] = None, args.timeout
+                        row[f"{setting}_threads"] = "?"
+                        continue
                     row[setting] = round(res["steps_per_s"], 4)
                     row[f"{setting}_threads"] = res["torch_threads"]
                     row[f"{setting}_wait_policy"] = res["omp_wait_policy"]
-                best = max(args.settings, key=lambda s: row[s])
+                best = max(args.settings, key=lambda s: row[s] or 0.0)
                 row["best"], row["best_setting"] = row[best], best
                 doc["rows"].append(row)
                 print(json.dumps(row), flush=True)
@@ -374,24 +392,48 @@ def _markdown(doc: dict, kind: str) -> str:
                 f"{e['first_step_grad_rel_l2_diff']:.1e} (relative L2)."
             )
         return head + "\n".join(lines) + "\n"
-    settings = [s for s in SETTINGS if any(s in r for r in doc["rows"])]
+    used = [s for s in SETTINGS if any(s in r for r in doc["rows"])]
+    settings = doc.get("settings_order") or used
     lines = [
         "| busy processes | workload | " + " | ".join(settings) + " | best |",
         "|--:|---|" + "--:|" * (len(settings) + 1),
     ]
     for r in doc["rows"]:
-        cells = [f"{r[s]:.3f} ({r[f'{s}_threads']} thr)" for s in settings]
+        cells = [
+            f"{r[s]:.3f} ({r[f'{s}_threads']} thr)"
+            if r[s] is not None
+            else f"not done in {r[f'{s}_timed_out_s']:.0f} s"
+            for s in settings
+        ]
         lines.append(
             f"| {r['busy']} | {r['workload']} | " + " | ".join(cells) + f" | {r['best']:.3f} |"
         )
-    return head + "(steps or TV reconstructions per second)\n\n" + "\n".join(lines) + "\n"
+    checks = []
+    for r in doc["rows"]:
+        if r.get("luser") and r.get("best") and r.get("threads-1"):
+            where = "alone" if r["busy"] == 0 else f"next to {r['busy']} busy"
+            checks.append(
+                f"- {r['workload']}, {where}: the default (`luser`) reaches "
+                f"{r['luser'] / r['best']:.0%} of the best setting; `--threads 1` is "
+                f"{r['threads-1'] / r['luser']:.2f}x the default's speed"
+            )
+    text = "(steps or TV reconstructions per second)\n\n" + "\n".join(lines) + "\n"
+    return head + text + ("\n" + "\n".join(checks) + "\n" if checks else "")
+
+
+def _setting(text: str) -> str:
+    """A thread setting: one of :data:`SETTINGS`, or ``spin-N`` (torch's thread count and
+    OpenMP's default wait policy with ``GOMP_SPINCOUNT=N``: spin N iterations, then sleep)."""
+    if text in SETTINGS or (text.startswith("spin-") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown setting {text!r}: {', '.join(SETTINGS)} or spin-N")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
     w = sub.add_parser("worker", help="internal: one contention case in this process")
-    w.add_argument("--setting", default="luser", choices=SETTINGS)
+    w.add_argument("--setting", default="luser", type=_setting)
     w.add_argument("--kind", required=True)
     w.add_argument("--task", default="ct")
     w.add_argument("--size", type=int, default=64)
@@ -423,9 +465,10 @@ def main() -> None:
     c = sub.add_parser("contention", help="steps/s next to busy processes, per thread setting")
     c.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2])
     c.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    c.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    c.add_argument("--settings", nargs="+", default=list(SETTINGS), type=_setting)
     c.add_argument("--size", type=int, default=64)
     c.add_argument("--steps", type=int, default=5, help="timed steps per case (after 1 warm-up)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds before a case is stopped")
     c.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.mode in ("worker", "ab"):

@@ -36,7 +36,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 COMMON = [
     "--task", "mri4x", "--model", "luser-dw", "--image-size", "64", "--builtin", "mix-scans",
-    "--random-phase", "--loss", "psnr", "--scheduler", "wsd", "--lr", "1e-3", "--steps", "300",
+    "--random-phase", "--loss", "psnr", "--scheduler", "wsd", "--lr", "1e-3", "--steps", "200",
     "--batch-size", "4", "--fp-tol", "0.01", "--bwd-tol", "0.01", "--threads", "1", "--seed", "0",
     "--val-every", "50", "--save-every", "50", "--no-progress",
 ]  # fmt: skip
@@ -58,12 +58,19 @@ def run(runs: Path, names: list[str]) -> None:
         result = runs / f"{name}.eval.json"
         if result.exists():
             continue
-        if not (out / "checkpoint_best.pt").exists():
-            cmd = ["luser", "train", *COMMON, *VARIANTS[name], "--out", str(out)]
-            with open(runs / f"{name}.log", "w") as log:
+        if not _finished(out):  # a stopped run continues where it stopped
+            resume = ["--resume"] if (out / "checkpoint_last.pt").exists() else []
+            cmd = ["luser", "train", *COMMON, *VARIANTS[name], *resume, "--out", str(out)]
+            with open(runs / f"{name}.log", "a") as log:
                 subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
         cmd = ["luser", "eval", str(out), *EVAL, "--json", str(result)]
         subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+
+
+def _finished(out: Path) -> bool:
+    summary = out / "run.json"
+    steps = int(COMMON[COMMON.index("--steps") + 1])
+    return summary.exists() and json.loads(summary.read_text()).get("steps", 0) >= steps
 
 
 def _rows(path: Path) -> list[dict]:
@@ -116,7 +123,8 @@ def report(runs: Path) -> None:
             f"{r['backward_converged_steps']:.0%} | {r['train_seconds']:.0f} |"
         )
     print("\n".join(lines))
-    curves = ["| variant | " + " | ".join(f"val @ {s}" for s, _, _ in results[0]["val_curve"]) + " |"]
+    heads = " | ".join(f"val @ {s}" for s, _, _ in results[0]["val_curve"])
+    curves = [f"| variant | {heads} |"]
     for r in results:
         curves.append(
             f"| {r['variant']} | "

@@ -137,38 +137,12 @@ class LoopUnrolled(ReconstructionModel):
         self.stages = stages
         self.prox = nn.ModuleList(prox)
         self._equilibrium = any(hasattr(p, "equilibrium") for p in self.prox)
-        self._jacobian_probe = 0
-        self._jacobian_penalty = False
 
     def is_equilibrium(self) -> bool:
         return self._equilibrium
 
     def shared_weights(self) -> bool:
         return len(self.prox) == 1
-
-    @property  # type: ignore[override]
-    def jacobian_probe(self) -> int:
-        return self._jacobian_probe
-
-    @jacobian_probe.setter
-    def jacobian_probe(self, iterations: int) -> None:
-        """Set on every equilibrium prox (each records its own estimate)."""
-        self._jacobian_probe = int(iterations)
-        for p in self.prox:
-            if hasattr(p, "jacobian_probe"):
-                p.jacobian_probe = self._jacobian_probe
-
-    @property  # type: ignore[override]
-    def jacobian_penalty(self) -> bool:
-        return self._jacobian_penalty
-
-    @jacobian_penalty.setter
-    def jacobian_penalty(self, on: bool) -> None:
-        """Set on every equilibrium prox."""
-        self._jacobian_penalty = bool(on)
-        for p in self.prox:
-            if hasattr(p, "jacobian_penalty"):
-                p.jacobian_penalty = self._jacobian_penalty
 
     def forward(
         self, y: Tensor, op: LinearOperator, x0: Tensor, return_intermediates: bool = False
@@ -179,6 +153,9 @@ class LoopUnrolled(ReconstructionModel):
         """
         if self.training and self._equilibrium:
             power_iteration_(self.prox)
+        for p in self.prox:  # the model-level diagnostics / penalty switches reach every block
+            if hasattr(p, "equilibrium"):
+                p.jacobian_probe, p.jacobian_penalty = self.jacobian_probe, self.jacobian_penalty
         records: list[SolveInfo] = []
         self.records = records
         data = self.data_consistency

@@ -63,9 +63,10 @@ def build_optimizer(model: nn.Module, t: TrainSettings) -> torch.optim.Optimizer
 def autocast_for(t: TrainSettings, device: torch.device) -> AbstractContextManager:
     """bfloat16 autocast for the networks (the physics always runs in float32).
 
-    On CPUs it pays only with AMX / AVX512-BF16 units (about 4x faster convolutions measured on
-    a Sapphire Rapids core); the fixed-point residual then bottoms out near 5e-3, so pair it
-    with a forward tolerance of 1e-2.
+    On CPUs it pays only with AMX tiles (about 4x faster convolutions measured on a Sapphire
+    Rapids core); with AVX512-BF16 alone a LUSER-DW step was 4.5x slower than float32
+    (``examples/cpu-throughput/alternatives.md``). The fixed-point residual then bottoms out
+    near 5e-3, so pair it with a forward tolerance of 1e-2.
     """
     if t.bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
