@@ -16,10 +16,14 @@ held-out MR volume and phantoms, with TV on the same images), which also measure
 rho(J) at the fixed point and its iterations. Usage::
 
     python examples/equilibrium_depth.py run --runs RUNS [--only NAME ...]   # train + evaluate
+    python examples/equilibrium_depth.py cost --runs RUNS                    # CPU s / step
     python examples/equilibrium_depth.py report --runs RUNS                  # tables
 
 ``run`` skips a variant whose evaluation JSON exists, so several ``--only`` processes can share
-the work (one thread each). ``report`` writes ``examples/equilibrium-depth.{md,json}``.
+the work (one thread each). The runs' wall times are not comparable when they shared the CPU
+with other work, so ``cost`` measures each trained model's training step in CPU seconds (one
+thread, the variants alternating on one batch, medians of 3): the cost at equal time. ``report``
+writes ``examples/equilibrium-depth.json`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -67,6 +71,39 @@ def run(runs: Path, names: list[str]) -> None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
 
 
+def cost(runs: Path, names: list[str], repeats: int = 3) -> None:
+    """CPU seconds per training step (forward, loss and penalty, backward) of each trained
+    variant (its last checkpoint, its own settings), one thread, variants alternating."""
+    import time
+
+    from luser_cli.data.sources import open_preset_data
+    from luser_cli.runs import load_trained
+    from luser_cli.training.batches import BatchMaker, stack_items
+    from luser_cli.training.step import build_optimizer, forward_backward
+
+    torch.set_num_threads(1)
+    cases = {}
+    for name in names:
+        if (runs / name / "checkpoint_last.pt").exists():
+            tm = load_trained(runs / name, "cpu", "last")
+            tm.model.train()
+            cases[name] = (tm.model, tm.preset, build_optimizer(tm.model, tm.preset.train))
+    first = next(iter(cases.values()))[1]
+    maker = BatchMaker.for_preset(first, torch.device("cpu"))
+    x, meta = stack_items(open_preset_data(first, "val", None, 4), range(4))
+    batch = maker.make(x, meta, 0, 0)
+    times: dict[str, list[float]] = {n: [] for n in cases}
+    for k in range(repeats + 1):  # the first round warms up
+        for name, (model, preset, opt) in cases.items():
+            c0 = time.process_time()
+            forward_backward(model, opt, batch, preset.train, torch.device("cpu"))
+            if k:
+                times[name].append(time.process_time() - c0)
+    out = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    (runs / "cost.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
 def _finished(out: Path) -> bool:
     summary = out / "run.json"
     steps = int(COMMON[COMMON.index("--steps") + 1])
@@ -93,13 +130,16 @@ def summarise(runs: Path, name: str) -> dict:
         "test_ssim": ev["metrics"]["model"]["ssim"],
         "tv_psnr": ev["metrics"]["tv"]["psnr"],
         "model_minus_tv_db": ev["metrics"]["model"]["psnr"] - ev["metrics"]["tv"]["psnr"],
-        "train_seconds": steps[-1]["time_s"],
+        "train_wall_seconds_shared_cpu": sum(r["time_s"] for r in steps),
         "val_curve": [(v["step"], time_at.get(v["step"]), v["val_psnr"]) for v in vals],
         "rho_mean": sum(rho) / len(rho),
         "rho_max": max(s["jacobian_spectral_radius_max"] for s in stages),
         "forward_iterations": sum(s["forward_iterations"] for s in stages) / len(stages),
         "backward_iterations": sum(s["backward_iterations"] for s in stages) / len(stages),
         "backward_converged_steps": sum(c >= 1.0 for c in conv) / max(len(conv), 1),
+        "cpu_s_per_step": json.loads((runs / "cost.json").read_text()).get(name)
+        if (runs / "cost.json").exists()
+        else None,
         "stages": stages,
     }
 
@@ -112,7 +152,7 @@ def report(runs: Path) -> None:
     (HERE / "equilibrium-depth.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [
         "| variant | test PSNR | SSIM | model - TV | rho(J) mean / max | fwd / bwd iters per "
-        "stage | bwd converged (steps) | train s |",
+        "stage | bwd converged (steps) | CPU s / step |",
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
@@ -120,29 +160,29 @@ def report(runs: Path) -> None:
             f"| {r['variant']} | {r['test_psnr']:.2f} | {r['test_ssim']:.3f} | "
             f"{r['model_minus_tv_db']:+.2f} | {r['rho_mean']:.3f} / {r['rho_max']:.3f} | "
             f"{r['forward_iterations']:.1f} / {r['backward_iterations']:.1f} | "
-            f"{r['backward_converged_steps']:.0%} | {r['train_seconds']:.0f} |"
+            f"{r['backward_converged_steps']:.0%} | {r['cpu_s_per_step'] or 0:.2f} |"
         )
     print("\n".join(lines))
     heads = " | ".join(f"val @ {s}" for s, _, _ in results[0]["val_curve"])
     curves = [f"| variant | {heads} |"]
     for r in results:
         curves.append(
-            f"| {r['variant']} | "
-            + " | ".join(f"{v:.2f} ({t:.0f} s)" for _, t, v in r["val_curve"] if t)
-            + " |"
+            f"| {r['variant']} | " + " | ".join(f"{v:.2f}" for _, _, v in r["val_curve"]) + " |"
         )
     print("\n".join(curves))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("run", "report"))
+    parser.add_argument("action", choices=("run", "cost", "report"))
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
     if args.action == "run":
         run(args.runs, args.only)
+    elif args.action == "cost":
+        cost(args.runs, args.only)
     else:
         report(args.runs)
     return 0

@@ -29,6 +29,7 @@ PAPER_SIZES = {"deblur": 128, "ct": 362, "mri4x": 320, "mri8x": 320}
 CT_DEPARTURES = {
     "model.initial",
     "model.data_step",
+    "model.deq4ip_data_step",
     "model.ray_weight_power",
     "train.loss",
     "train.lr",
@@ -160,6 +161,28 @@ def test_model_lr_replaces_lr_for_that_model_only() -> None:
         apply_overrides(ct, {"train.model_lr": {"unet": 1e-3}})
     with pytest.raises(ConfigError, match="learning rate must be in"):
         apply_overrides(ct, {"train.model_lr": {"deq4ip": 2.0}})
+
+
+def test_deq4ip_takes_its_own_data_step_from_the_ct_preset() -> None:
+    """ct.toml keeps its FBP data step out of DEQ4IP (not contractive there, issue 20)."""
+    ct = preset_for_task("ct")
+    assert (ct.model.data_step, ct.model.deq4ip_data_step) == ("fbp", "gradient")
+    assert ct.for_model("deq4ip").model.data_step == "gradient"
+    assert ct.for_model("luser-dw").model.data_step == "fbp"
+    paper = load_preset("ct-paper")
+    assert paper.for_model("deq4ip").model.data_step == "gradient"  # nothing to replace
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_explicit_data_step_applies_to_deq4ip_too(tmp_path: Path) -> None:
+    base = ["train", "--task", "ct", "--model", "deq4ip", "--image-size", "16", "--steps", "1"]
+    base += ["--batch-size", "2", "--train-size", "2", "--val-size", "2", "--threads", "1"]
+    base += ["--fp-max-iter", "3", "--bwd-max-iter", "3", "--no-progress"]
+    for extra, want in (([], "gradient"), (["--data-step", "fbp"], "fbp")):
+        run = tmp_path / f"run{len(extra)}"
+        code, _, err = run_cli([*base, *extra, "--out", str(run)])
+        assert code == 0, err
+        assert load_preset(run / "preset.toml").model.data_step == want
 
 
 @pytest.mark.usefixtures("one_thread")

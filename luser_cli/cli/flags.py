@@ -69,6 +69,12 @@ class PresetFlag:
         return [self.name, _word(value)]
 
 
+def _data_step(value: str) -> dict[str, Any]:
+    from luser_cli.training.config import data_step_overrides
+
+    return data_step_overrides(value)
+
+
 def _lr(value: float) -> dict[str, Any]:
     from luser_cli.training.config import lr_overrides
 
@@ -90,7 +96,7 @@ FLAGS: dict[str, PresetFlag] = {
         PresetFlag("--warmup-steps", "train.warmup_steps"),
         PresetFlag("--scheduler", "train.scheduler"),
         PresetFlag("--initial", "model.initial"),
-        PresetFlag("--data-step", "model.data_step"),
+        PresetFlag("--data-step", "model.data_step", expand=_data_step),
         PresetFlag("--ray-weights", "model.ray_weight_power"),
         PresetFlag("--loss", "train.loss"),
         PresetFlag("--aux-loss", "train.aux_loss", off="--final-loss"),

@@ -81,6 +81,12 @@ class ModelSettings(_Section):
         "the map contract on the null space of A (step clamped to [0, 2/(1+mu)]); unset = "
         f"{DEQ4IP_ANCHOR} for new runs (0 for checkpoints from before this setting)",
     )
+    deq4ip_data_step: DataStep | None = Field(
+        None,
+        description="DEQ4IP only: the data step of its fixed-point map, in place of data_step "
+        "(a preset sets it where DEQ4IP's map with data_step does not contract); unset = "
+        "data_step",
+    )
     init_gain: float = Field(
         INIT_GAIN,
         gt=0,
@@ -228,7 +234,8 @@ class Preset(_Section):
 
     def for_model(self, model_name: str) -> Preset:
         """This preset as ``model_name`` trains it: ``train.lr`` taken from ``train.model_lr``
-        when that names the model (idempotent)."""
+        when that names the model; for DEQ4IP its contractive settings of new runs and
+        ``model.deq4ip_data_step`` as its data step (idempotent)."""
         out = self
         if model_name == "deq4ip":  # new runs get the contractive DEQ4IP (ModelSettings)
             m = self.model
@@ -237,6 +244,8 @@ class Preset(_Section):
                 fill["deq4ip_norm"] = DEQ4IP_NORM
             if m.deq4ip_anchor is None:
                 fill["deq4ip_anchor"] = DEQ4IP_ANCHOR
+            if m.deq4ip_data_step is not None and m.deq4ip_data_step != m.data_step:
+                fill["data_step"] = m.deq4ip_data_step
             if fill:
                 out = out.model_copy(update={"model": m.model_copy(update=fill)})
         lr = self.train.model_lr.get(model_name)
@@ -352,6 +361,19 @@ def preset_for_task(task: str) -> Preset:
 def paper_preset_for_task(task: str) -> Preset:
     """The paper's recipe for ``task`` (what ``luser bench`` compares with the paper's tables)."""
     return load_preset(builtin_presets()[paper_preset_name(task)])
+
+
+def data_step_overrides(step: str | None) -> dict[str, Any]:
+    """Overrides for an explicit data step (``--data-step``): it is the run's whatever the
+    model, so it also replaces the preset's DEQ4IP data step; None changes nothing."""
+    return (
+        {"model.data_step": step}
+        if step is None
+        else {
+            "model.data_step": step,
+            "model.deq4ip_data_step": step,
+        }
+    )
 
 
 def lr_overrides(lr: float | None) -> dict[str, Any]:
