@@ -17,6 +17,7 @@ rho(J) at the fixed point and its iterations. Usage::
 
     python examples/equilibrium_depth.py run --runs RUNS [--only NAME ...]   # train + evaluate
     python examples/equilibrium_depth.py cost --runs RUNS                    # CPU s / step
+    python examples/equilibrium_depth.py warm --runs RUNS                    # warm starts
     python examples/equilibrium_depth.py report --runs RUNS                  # tables
 
 ``run`` skips a variant whose evaluation JSON exists, so several ``--only`` processes can share
@@ -104,6 +105,34 @@ def cost(runs: Path, names: list[str], repeats: int = 3) -> None:
     print(json.dumps(out, indent=1))
 
 
+def warm(runs: Path, names: list[str]) -> None:
+    """Each trained variant on the test split with cold (zero) and warm starts
+    (``model.warm_start``: each stage's solve from the previous stage's fixed point): PSNR and
+    forward iterations per image. Warm-starting changes the solve, not the trained function,
+    so it is measured on the trained models, without training."""
+    from luser_cli.evaluation.runner import evaluate
+    from luser_cli.runs import load_trained
+
+    torch.set_num_threads(1)
+    out = {}
+    for name in names:
+        if not (runs / name / "checkpoint_best.pt").exists():
+            continue
+        tm = load_trained(runs / name, "cpu")
+        row = {}
+        for start in (False, True):
+            tm.model.warm_start = start
+            m = evaluate(tm, data=None, split="test", image_size=64, n_images=32, methods=[])
+            m = m["metrics"]["model"]
+            row["warm" if start else "cold"] = {
+                "psnr": m["psnr"],
+                "forward_iterations_per_image": m["fp_forward_iterations_per_image"],
+            }
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    (runs / "warm.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def _finished(out: Path) -> bool:
     summary = out / "run.json"
     steps = int(COMMON[COMMON.index("--steps") + 1])
@@ -174,7 +203,7 @@ def report(runs: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("run", "cost", "report"))
+    parser.add_argument("action", choices=("run", "cost", "warm", "report"))
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
@@ -183,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args.runs, args.only)
     elif args.action == "cost":
         cost(args.runs, args.only)
+    elif args.action == "warm":
+        warm(args.runs, args.only)
     else:
         report(args.runs)
     return 0

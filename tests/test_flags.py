@@ -135,6 +135,7 @@ EVERY_FLAG: dict[str, Any] = {
     "jacobian_penalty": 0.1,
     "stages": 3,
     "init_gain": 0.5,
+    "warm_start": True,
     "bf16": True,
 }
 

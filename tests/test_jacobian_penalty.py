@@ -114,14 +114,15 @@ TINY += ["--threads", "1", "--no-progress"]
 def test_train_records_the_penalty_and_the_gain(tmp_path: Path):
     out = tmp_path / "run"
     args = ["train", "--task", "mri4x", "--model", "luser-dw", "--stages", "2", *TINY]
-    code, _, err = run_cli([*args, "--jacobian-penalty", "1", "--init-gain", "0.2", "--out", out])
+    flags = ["--jacobian-penalty", "1", "--init-gain", "0.2", "--warm-start"]
+    code, _, err = run_cli([*args, *flags, "--out", out])
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     values = [r["fp_jacobian_frobenius"] for r in rows if "loss" in r]
     assert len(values) == 2 and all(v > 0 for v in values)
     stored = (out / "preset.toml").read_text()
     assert "jacobian_penalty = 1.0" in stored and "init_gain = 0.2" in stored
-    assert "stages = 2" in stored
+    assert "stages = 2" in stored and "warm_start = true" in stored
 
 
 @pytest.mark.parametrize(
@@ -131,6 +132,7 @@ def test_train_records_the_penalty_and_the_gain(tmp_path: Path):
         ("deq4ip", ["--init-gain", "0.5"], "LUSER setting"),
         ("luser-dw", ["--init-gain", "2"], "init_gain"),
         ("luser-dw", ["--jacobian-penalty", "-1"], "jacobian_penalty"),
+        ("lu-dncnn", ["--warm-start"], "LUSER setting"),
     ],
 )
 def test_bad_equilibrium_settings_are_one_line_errors(tmp_path, model, flag, message):
@@ -138,3 +140,25 @@ def test_bad_equilibrium_settings_are_one_line_errors(tmp_path, model, flag, mes
     code, _, err = run_cli(args)
     assert code != 0 and message in err and "Traceback" not in err
     assert not (tmp_path / "r" / "checkpoint_last.pt").exists()
+
+
+def test_warm_start_changes_the_iterations_not_the_fixed_point():
+    """Each stage's solve started from the previous stage's fixed point: same output (the maps
+    contract), solved from another start."""
+    from luser_cli.solvers import EquilibriumConfig, SolverConfig
+
+    torch.manual_seed(0)
+    tight = EquilibriumConfig(forward=SolverConfig(tol=1e-7, max_iter=200))
+    cold = build_model("luser-dw", "deblur", step_scale=1.0, stages=3, equilibrium=tight)
+    warm = build_model(
+        "luser-dw", "deblur", step_scale=1.0, stages=3, equilibrium=tight, warm_start=True
+    )
+    warm.load_state_dict(cold.state_dict())
+    op = GaussianBlur((3, 12, 12), torch.ones(3, 3) / 9)
+    y = op.A(torch.rand(2, 3, 12, 12))
+    with torch.no_grad():
+        out_cold, out_warm = cold.eval()(y, op, y), warm.eval()(y, op, y)
+    assert torch.allclose(out_cold, out_warm, atol=1e-5)
+    starts = [r["forward_residual"] for r in warm.records]
+    assert all(bool(r.max() < 1e-6) for r in starts)
+    assert warm.warm_start and not build_model("lu-dncnn", "deblur", step_scale=1.0).warm_start

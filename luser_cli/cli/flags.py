@@ -114,6 +114,7 @@ FLAGS: dict[str, PresetFlag] = {
         PresetFlag("--jacobian-penalty", "train.jacobian_penalty"),
         PresetFlag("--stages", "model.stages"),
         PresetFlag("--init-gain", "model.init_gain"),
+        PresetFlag("--warm-start", "model.warm_start", off="--cold-start"),
         PresetFlag("--bf16", "train.bf16", off="--no-bf16"),
     )
 }

@@ -68,6 +68,7 @@ def train(
     jacobian_penalty: float | None = flag_option(None, "jacobian_penalty"),
     stages: int | None = flag_option(None, "stages"),
     init_gain: float | None = flag_option(None, "init_gain"),
+    warm_start: bool | None = flag_option(None, "warm_start"),
     bf16: bool | None = flag_option(None, "bf16"),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads (default: this process's CPUs, shared under torchrun)."

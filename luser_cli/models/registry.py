@@ -47,6 +47,7 @@ def build_model(
     deq4ip_norm: str = "batch",
     deq4ip_anchor: float = 0.0,
     init_gain: float = INIT_GAIN,
+    warm_start: bool = False,
 ) -> ReconstructionModel:
     """A freshly initialised model.
 
@@ -57,7 +58,9 @@ def build_model(
     (:func:`~luser_cli.models.data_steps.data_step_from_physics`; the paper's gradient step if
     None); ``deq4ip_norm`` / ``deq4ip_anchor``: DEQ4IP's contraction settings (:mod:`.deq4ip`);
     ``init_gain``: LUSER's starting gain of each block's last GroupNorm
-    (:class:`~luser_cli.models.shallow_block.ShallowEquilibriumBlock`).
+    (:class:`~luser_cli.models.shallow_block.ShallowEquilibriumBlock`); ``warm_start``: LUSER
+    starts each stage's solve from the previous stage's fixed point
+    (:class:`~luser_cli.models.unrolled.LoopUnrolled`).
     """
     check_model_name(name)
     channels = get_task(task).channels
@@ -86,7 +89,12 @@ def build_model(
         for _ in range(blocks)
     ]
     return LoopUnrolled(
-        name=name, prox=prox, stages=stages, step_scale=step_scale, data_consistency=data
+        name=name,
+        prox=prox,
+        stages=stages,
+        step_scale=step_scale,
+        data_consistency=data,
+        warm_start=warm_start,
     )
 
 

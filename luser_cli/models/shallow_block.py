@@ -201,15 +201,15 @@ class ShallowEquilibriumBlock(nn.Module):
         # Under autocast the convolutions run in bf16; the fixed-point state stays in r's dtype.
         return h.to(r.dtype)
 
-    def forward(self, d: Tensor) -> tuple[Tensor, SolveInfo]:
-        """Solve for the residual ``r*`` of stage input ``d`` (``(B, C, H, W)``); returns
-        ``(r*, info)``."""
+    def forward(self, d: Tensor, z0: Tensor | None = None) -> tuple[Tensor, SolveInfo]:
+        """Solve for the residual ``r*`` of stage input ``d`` (``(B, C, H, W)``) from ``z0``
+        (zero if None; a warm start, not differentiated); returns ``(r*, info)``."""
         return equilibrium(
             self.step,
             self.injection,
             (d,),
             [p for p in self.parameters() if p.requires_grad],
-            d.new_zeros(d.shape),
+            d.new_zeros(d.shape) if z0 is None else conv_layout(z0.detach()),
             self.equilibrium,
             probe=self.jacobian_probe,
             # One sample per step: the block treats samples independently (GroupNorm).

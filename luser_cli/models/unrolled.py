@@ -118,7 +118,9 @@ class LoopUnrolled(ReconstructionModel):
     ``prox`` holds one module (shared weights) or ``stages`` modules (different weights), each
     called as ``prox(d)``. Equilibrium proxes (those with their own ``equilibrium`` settings)
     are solved to a fixed point and trained by implicit differentiation; the others are
-    feed-forward networks trained by backprop.
+    feed-forward networks trained by backprop. With ``warm_start`` each equilibrium solve starts
+    from the previous stage's fixed point instead of zero (``prox(d, z0=r)``): where the maps
+    contract this changes only the iterations, not the fixed point.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class LoopUnrolled(ReconstructionModel):
         stages: int,
         step_scale: float,
         data_consistency: DataConsistency | None = None,
+        warm_start: bool = False,
     ) -> None:
         super().__init__(step_scale=step_scale, data_consistency=data_consistency)
         if len(prox) not in (1, stages):
@@ -137,6 +140,7 @@ class LoopUnrolled(ReconstructionModel):
         self.stages = stages
         self.prox = nn.ModuleList(prox)
         self._equilibrium = any(hasattr(p, "equilibrium") for p in self.prox)
+        self.warm_start = bool(warm_start) and self._equilibrium
 
     def is_equilibrium(self) -> bool:
         return self._equilibrium
@@ -162,10 +166,12 @@ class LoopUnrolled(ReconstructionModel):
         weights = data.ray_weights(y)
         x = x0
         outputs = []
+        r: Tensor | None = None
         for k in range(self.stages):
             prox = self.prox[0 if self.shared_weights() else k]
             d = conv_layout(data(x, y, op, self.step, self.step_scale, weights))
-            r, info = _residual_and_info(prox(d))
+            start = r.detach() if self.warm_start and r is not None else None
+            r, info = _residual_and_info(prox(d) if start is None else prox(d, z0=start))
             if info is not None:
                 info["stage"] = k
                 records.append(info)

@@ -87,6 +87,11 @@ class ModelSettings(_Section):
         "(a preset sets it where DEQ4IP's map with data_step does not contract); unset = "
         "data_step",
     )
+    warm_start: bool = Field(
+        False,
+        description="LUSER only: start each stage's fixed-point solve from the previous "
+        "stage's solution instead of zero (where the maps contract, only the iterations change)",
+    )
     init_gain: float = Field(
         INIT_GAIN,
         gt=0,

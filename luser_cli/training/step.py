@@ -41,6 +41,7 @@ def build_training_model(
         deq4ip_norm=preset.model.deq4ip_norm or "batch",
         deq4ip_anchor=preset.model.deq4ip_anchor or 0.0,
         init_gain=preset.model.init_gain,
+        warm_start=preset.model.warm_start,
     )
 
 
@@ -53,6 +54,8 @@ def check_equilibrium_settings(preset: Preset, model_name: str) -> None:
         )
     if preset.model.init_gain != INIT_GAIN and model_name not in SHALLOW_BLOCK_MODELS:
         raise ConfigError(f"--init-gain is a LUSER setting; {model_name} has no shallow block")
+    if preset.model.warm_start and model_name not in SHALLOW_BLOCK_MODELS:
+        raise ConfigError(f"--warm-start is a LUSER setting; {model_name} has no stage equilibria")
 
 
 def build_optimizer(model: nn.Module, t: TrainSettings) -> torch.optim.Optimizer:
