@@ -110,3 +110,13 @@ def test_bad_requests_are_one_line_errors(tmp_path, extra, expect):
     code, _, err = run_cli(["bench", "--out", tmp_path / "r", "--no-progress", *extra])
     assert_clean_error(code, err, expect=expect)
     assert not (tmp_path / "r" / "bench.json").exists()
+
+
+def test_real_step_builds_deq4ip_as_training_does():
+    """The memory column's real step resolves the preset for the model (Preset.for_model)."""
+    from luser_cli.bench.memory import build_real_step
+    from luser_cli.memprobe.presets import probe_preset
+
+    model, _, _ = build_real_step(probe_preset("ct", 16, None, "shipped"), "deq4ip", 1)
+    assert (model.norm, model.anchor) == ("fixed", 0.01)
+    assert model.data_step == "gradient"  # ct.toml keeps its FBP step out of DEQ4IP

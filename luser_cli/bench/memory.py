@@ -55,9 +55,11 @@ SIM_GPU_GB = 24.0
 def build_real_step(preset: Preset, model_name: str, batch: int) -> tuple[Any, Any, Batch]:
     """``(model, optimizer, batch)`` on CPU exactly as ``luser train`` builds them for its first
     step: the preset's model and solver, Adam with its state allocated, ``batch`` built-in
-    training images simulated through :class:`BatchMaker`."""
+    training images simulated through :class:`BatchMaker`. The preset is resolved for the model
+    as the trainer resolves it (``Preset.for_model``: e.g. DEQ4IP's map of new runs)."""
     from luser_cli.data.sources import open_dataset
 
+    preset = preset.for_model(model_name)
     torch.manual_seed(preset.train.seed)
     maker = BatchMaker.for_preset(preset, torch.device("cpu"))
     model = build_training_model(preset, model_name, step_scale=1.0 / maker.norm_sq())
