@@ -143,7 +143,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarise(runs: Path, name: str) -> dict:
+def summarise(runs: Path, name: str, costs: dict[str, float]) -> dict:
     ev = json.loads((runs / f"{name}.eval.json").read_text())
     rows = _rows(runs / name / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r and "val_psnr" not in r]
@@ -166,16 +166,16 @@ def summarise(runs: Path, name: str) -> dict:
         "forward_iterations": sum(s["forward_iterations"] for s in stages) / len(stages),
         "backward_iterations": sum(s["backward_iterations"] for s in stages) / len(stages),
         "backward_converged_steps": sum(c >= 1.0 for c in conv) / max(len(conv), 1),
-        "cpu_s_per_step": json.loads((runs / "cost.json").read_text()).get(name)
-        if (runs / "cost.json").exists()
-        else None,
+        "cpu_s_per_step": costs.get(name),
         "stages": stages,
     }
 
 
 def report(runs: Path) -> None:
     names = [n for n in VARIANTS if (runs / f"{n}.eval.json").exists()]
-    results = [summarise(runs, n) for n in names]
+    cost_file = runs / "cost.json"
+    costs = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+    results = [summarise(runs, n, costs) for n in names]
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     doc = {"command": " ".join(["luser train", *COMMON]), "machine": machine, "results": results}
     (HERE / "equilibrium-depth.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -115,6 +115,27 @@ class TaskSpec:
         return type(self.physics_defaults)
 
 
+def _mri_task(name: str, *, acceleration: int, center_fraction: float) -> TaskSpec:
+    """A single-coil MRI task: the two differ only in the mask's acceleration and centre."""
+    return TaskSpec(
+        name=name,
+        description=f"single-coil MRI, {acceleration}x random column undersampling "
+        f"(centre {center_fraction:g})",
+        channels=2,
+        image_size=320,
+        initial_estimate="adjoint",
+        classical_methods=("zero-filled", "adjoint", "tv"),
+        physics_defaults=MRIPhysics(acceleration=acceleration, center_fraction=center_fraction),
+        modality="mri",
+        complex_valued=True,
+        has_fbp=False,
+        psnr_data_range="volume_max",
+        display="magnitude",
+        builtin_kind="ellipses",
+        file_formats=("fastmri",),
+    )
+
+
 TASKS: dict[str, TaskSpec] = {
     "deblur": TaskSpec(
         name="deblur",
@@ -148,38 +169,8 @@ TASKS: dict[str, TaskSpec] = {
         builtin_kind="ellipses",
         file_formats=("lodopab",),
     ),
-    "mri4x": TaskSpec(
-        name="mri4x",
-        description="single-coil MRI, 4x random column undersampling (centre 0.08)",
-        channels=2,
-        image_size=320,
-        initial_estimate="adjoint",
-        classical_methods=("zero-filled", "adjoint", "tv"),
-        physics_defaults=MRIPhysics(acceleration=4, center_fraction=0.08),
-        modality="mri",
-        complex_valued=True,
-        has_fbp=False,
-        psnr_data_range="volume_max",
-        display="magnitude",
-        builtin_kind="ellipses",
-        file_formats=("fastmri",),
-    ),
-    "mri8x": TaskSpec(
-        name="mri8x",
-        description="single-coil MRI, 8x random column undersampling (centre 0.04)",
-        channels=2,
-        image_size=320,
-        initial_estimate="adjoint",
-        classical_methods=("zero-filled", "adjoint", "tv"),
-        physics_defaults=MRIPhysics(acceleration=8, center_fraction=0.04),
-        modality="mri",
-        complex_valued=True,
-        has_fbp=False,
-        psnr_data_range="volume_max",
-        display="magnitude",
-        builtin_kind="ellipses",
-        file_formats=("fastmri",),
-    ),
+    "mri4x": _mri_task("mri4x", acceleration=4, center_fraction=0.08),
+    "mri8x": _mri_task("mri8x", acceleration=8, center_fraction=0.04),
 }
 
 

@@ -170,7 +170,7 @@ class LoopUnrolled(ReconstructionModel):
         for k in range(self.stages):
             prox = self.prox[0 if self.shared_weights() else k]
             d = conv_layout(data(x, y, op, self.step, self.step_scale, weights))
-            start = r.detach() if self.warm_start and r is not None else None
+            start = r if self.warm_start else None  # the block detaches it
             r, info = _residual_and_info(prox(d) if start is None else prox(d, z0=start))
             if info is not None:
                 info["stage"] = k

@@ -28,8 +28,9 @@ def build_training_model(
     step_scale: float,
     equilibrium: EquilibriumConfig | None = None,
 ) -> ReconstructionModel:
-    """The model ``luser train`` trains for ``preset`` (``step_scale = 1 / ||A||^2``)."""
-    return build_model(
+    """The model ``luser train`` trains for ``preset`` (``step_scale = 1 / ||A||^2``); with
+    ``train.jacobian_penalty`` its equilibria return the penalty term in training."""
+    model = build_model(
         model_name,
         preset.task,
         step_scale=step_scale,
@@ -43,6 +44,8 @@ def build_training_model(
         init_gain=preset.model.init_gain,
         warm_start=preset.model.warm_start,
     )
+    model.jacobian_penalty = preset.train.jacobian_penalty > 0
+    return model
 
 
 def check_equilibrium_settings(preset: Preset, model_name: str) -> None:
@@ -85,15 +88,15 @@ def forward_backward(
 ) -> tuple[Tensor | tuple[Tensor, list[Tensor]], Tensor]:
     """Zero the gradients, run the model and the loss, backpropagate. Returns (output, loss):
     ``loss`` is the reconstruction loss; with ``t.jacobian_penalty`` the backpropagated
-    objective also holds that weight times :func:`jacobian_penalty_of` the model's records."""
+    objective also holds that weight times :func:`jacobian_penalty_of` the model's records
+    (the model built by :func:`build_training_model` from the same preset returns them)."""
     optimizer.zero_grad(set_to_none=True)
-    model = getattr(net, "module", net)  # DistributedDataParallel wraps the model
-    model.jacobian_penalty = t.jacobian_penalty > 0
     with autocast_for(t, device):
         output = net(batch.y, batch.op, batch.x0, return_intermediates=t.aux_loss)
         loss = reconstruction_loss(batch.x, output, t.aux_loss, t.loss)
     objective = loss
     if t.jacobian_penalty > 0:
+        model = getattr(net, "module", net)  # DistributedDataParallel wraps the model
         penalty = jacobian_penalty_of(model.records)
         if penalty is not None:
             objective = loss + t.jacobian_penalty * penalty
