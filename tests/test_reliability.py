@@ -156,6 +156,29 @@ def test_resume_refuses_other_settings(flags: list[str], work: Path) -> None:
     refused([*TRAIN, "--out", work / "run", "--resume", *flags], work, "other settings")
 
 
+def test_resume_of_a_run_saved_before_newer_settings_existed() -> None:
+    """A checkpoint saved before a setting existed lacks its key; it trained with the default,
+    so ``--resume`` must not call that a change (it did: runs from before ``model.init_gain``
+    could not be resumed). A real change is still found."""
+    from luser_cli.training.config import load_preset
+    from luser_cli.training.run_folder import changed_settings
+
+    now = load_preset("presets/mri8x.toml").model_dump(mode="json")
+    old = json.loads(json.dumps(now))
+    for section, key in (
+        ("model", "init_gain"),
+        ("model", "warm_start"),
+        ("train", "jacobian_penalty"),
+    ):
+        del old[section][key]
+    assert changed_settings(now, old, "luser-dw") == []
+    now["train"]["lr"] = 0.5
+    assert changed_settings(now, old, "luser-dw") == [f"train.lr {old['train']['lr']!r} -> 0.5"]
+    now["train"]["lr"] = old["train"]["lr"]
+    now["model"]["init_gain"] = 0.1  # the old run trained with 0.01
+    assert changed_settings(now, old, "luser-dw") == ["model.init_gain 0.01 -> 0.1"]
+
+
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s run lock, as a running ``luser train`` does."""
     code = (

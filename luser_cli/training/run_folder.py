@@ -7,12 +7,16 @@ the other ranks (:meth:`luser_cli.training.loop.Trainer._open_run_everywhere`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from luser_cli.errors import ConfigError, OutputError
 from luser_cli.training import checkpoint as ckpt
+from luser_cli.training.config import Preset
 from luser_cli.training.run_lock import RunLock, check_run_folder
 
 #: Settings ``--resume`` may change: the run's length.
@@ -29,6 +33,7 @@ def changed_settings(now: dict[str, Any], stored: dict[str, Any], model_name: st
         for key, original in (("deq4ip_norm", "batch"), ("deq4ip_anchor", 0.0)):
             if stored["model"].get(key) is None:
                 stored["model"][key] = original
+    stored = _with_defaults(stored)
 
     def walk(a: Any, b: Any, key: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -39,6 +44,17 @@ def changed_settings(now: dict[str, Any], stored: dict[str, Any], model_name: st
 
     walk(stored, now, "")
     return changed
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with the fields it lacks set to their defaults: a run saved before a setting
+    existed trained with that setting's default (``model.init_gain`` 0.01, no Jacobian penalty,
+    ...), so ``--resume`` must not call it changed. A preset that no longer validates is
+    compared as stored."""
+    try:
+        return Preset.model_validate_json(json.dumps(stored)).model_dump(mode="json")
+    except (ValidationError, TypeError, ValueError):
+        return stored
 
 
 def open_run(
